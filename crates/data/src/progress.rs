@@ -9,7 +9,8 @@ pub trait Progress: Send + Sync {
     fn begin(&self, phase: &str, total: u64);
     /// `done` more units finished.
     fn advance(&self, done: u64);
-    /// The current phase ended; `summary` is a one-line result for the user.
+    /// The current phase ended; `summary` is a one-line result for the user
+    /// (empty when the library logged its own).
     fn finish(&self, summary: &str);
 }
 

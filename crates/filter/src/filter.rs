@@ -229,3 +229,33 @@ mod tests {
         assert!(balance(5..5, 8, true, &mut rng).is_empty());
     }
 }
+
+/// How accurate pseudo-labels were, against labels held back from the label
+/// stage.
+#[derive(Debug, Clone, Serialize)]
+pub struct PseudoAccuracy {
+    /// Every labelled image of the corpus.
+    pub all_correct: usize,
+    pub all_total: usize,
+    /// The distinct images the filter kept.
+    pub kept_correct: usize,
+    pub kept_total: usize,
+}
+
+/// Compares the shards in `shard_dir` and the filtered file with `truth`.
+pub fn pseudo_label_accuracy(
+    shard_dir: &Path,
+    filtered: &Path,
+    truth: &HashMap<String, i64>,
+) -> Result<PseudoAccuracy, FilterError> {
+    let shards = read_shards(shard_dir)?;
+    let (all_correct, all_total) = label_accuracy(&shards.frame, truth)?;
+    let file = File::open(filtered)
+        .map_err(|e| FilterError::File { path: filtered.to_path_buf(), message: format!("cannot open: {e}") })?;
+    let frame = ParquetReader::new(file)
+        .finish()
+        .map_err(|e| FilterError::File { path: filtered.to_path_buf(), message: e.to_string() })?;
+    let first = frame.column(schema::COL_COPY)?.i32()?.equal(0);
+    let (kept_correct, kept_total) = label_accuracy(&frame.filter(&first)?, truth)?;
+    Ok(PseudoAccuracy { all_correct, all_total, kept_correct, kept_total })
+}

@@ -201,3 +201,23 @@ impl Teacher {
         Ok(values)
     }
 }
+
+impl Teacher {
+    /// Top-1 accuracy on a labelled set: `(correct, total)`.
+    pub fn accuracy(&mut self, set: &selftrain_data::ImageSet, batch_size: usize) -> Result<(usize, usize), LabelError> {
+        let labels = set.require_labels("evaluation")?.to_vec();
+        let normalize = selftrain_data::loader::Normalize { mean: self.preprocess.mean.clone(), std: self.preprocess.std.clone() };
+        let k = self.class_names.len();
+        let rows: Vec<usize> = (0..set.len()).collect();
+        let mut correct = 0;
+        for chunk in rows.chunks(batch_size.max(1)) {
+            let probs = self.predict(normalize.batch(set, chunk), chunk.len())?;
+            for (j, &row) in chunk.iter().enumerate() {
+                let dist = &probs[j * k..(j + 1) * k];
+                let best = (0..k).max_by(|&a, &b| dist[a].total_cmp(&dist[b]).then(b.cmp(&a))).unwrap_or(0);
+                correct += usize::from(best as i64 == labels[row]);
+            }
+        }
+        Ok((correct, set.len()))
+    }
+}

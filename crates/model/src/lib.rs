@@ -13,6 +13,7 @@ pub mod error;
 pub mod onnx;
 mod proto;
 pub mod resnet_rs;
+pub mod summary;
 
 pub use checkpoint::{Checkpoint, CheckpointMeta};
 pub use config::{Activation, ModelConfig, ModelSpec};

@@ -76,7 +76,8 @@ impl Targets {
     }
 }
 
-fn preprocess_of(spec: &DataSpec) -> Preprocess {
+/// The preprocessing a model trained on `spec` expects.
+pub fn preprocess_of(spec: &DataSpec) -> Preprocess {
     Preprocess {
         channels: spec.channels,
         height: spec.height,
@@ -276,10 +277,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, device: Device, progress: &dy
             metrics.images_per_second,
             metrics.data_wait_seconds
         );
-        progress.finish(&format!(
-            "{} epoch {}/{}: loss {:.4}, train accuracy {:.3}",
-            config.role, metrics.epoch, o.epochs, metrics.loss, metrics.train_accuracy
-        ));
+        progress.finish("");
         epochs.push(metrics);
     }
     // TODO: training restarts from scratch when interrupted; saving the

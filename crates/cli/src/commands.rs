@@ -1,0 +1,297 @@
+//! The single-stage commands.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+use selftrain_data::{ImageSet, Subset};
+use selftrain_filter::FilterConfig;
+use selftrain_label::{Teacher, TeacherOverrides};
+use selftrain_model::onnx::{ExportOptions, OutputKind};
+use selftrain_model::{ModelSpec, config::FAMILY};
+use selftrain_train::TrainConfig;
+
+use crate::progress::Bars;
+use crate::stages::{self, Corpus, LabelJob};
+use crate::{DeviceArgs, show};
+
+#[derive(Debug, Args)]
+pub struct TrainArgs {
+    /// Train config (TOML: [model], [data], [optim], optional [pseudo]).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Output folder (checkpoint.safetensors, config.toml, report.json).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Replace the config's epoch count.
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    /// Replace the config's seed.
+    #[arg(long)]
+    pub seed: Option<u64>,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub fn train(args: &TrainArgs, bars: &Bars) -> anyhow::Result<()> {
+    let mut config = TrainConfig::load(&args.config)?;
+    if let Some(e) = args.epochs {
+        config.optim.epochs = e;
+    }
+    if let Some(s) = args.seed {
+        config.optim.seed = s;
+    }
+    config.validate().map_err(|m| anyhow::anyhow!("{}: {m}", show(&args.config)))?;
+    let report = stages::train(&config, &args.out, args.device.device()?, bars)?;
+    println!("checkpoint: {}", show(&report.checkpoint));
+    if let Some(t) = &report.test {
+        println!("test accuracy: {:.4} ({}/{})", t.accuracy, t.correct, t.total);
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct ExportArgs {
+    /// A checkpoint written by `selftrain train`.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// The .onnx file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Keep BatchNormalization nodes instead of folding them into the convs.
+    #[arg(long)]
+    pub keep_batch_norm: bool,
+    /// Output of the graph: logits, or probabilities (softmax added).
+    #[arg(long, default_value = "logits", value_parser = ["logits", "probabilities"])]
+    pub output: String,
+}
+
+pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
+    let options = ExportOptions {
+        fold_batch_norm: !args.keep_batch_norm,
+        output: if args.output == "probabilities" { OutputKind::Probabilities } else { OutputKind::Logits },
+    };
+    let report = stages::export_onnx(&args.checkpoint, &args.out, &options)?;
+    println!("wrote {} ({}, {} bytes)", show(&report.onnx), report.model, report.bytes);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct CorpusArgs {
+    /// Data spec of the corpus (data-specs/*.toml).
+    #[arg(long)]
+    pub spec: PathBuf,
+    /// Split of the data spec.
+    #[arg(long, default_value = "train")]
+    pub split: String,
+    /// Which images: all, labelled:N:SEED or unlabelled:N:SEED (every image
+    /// not in the labelled subset).
+    #[arg(long, default_value = "all")]
+    pub subset: Subset,
+}
+
+#[derive(Debug, Args)]
+pub struct LabelArgs {
+    /// The teacher: any ONNX classifier with one NCHW float input and one
+    /// [batch, classes] output.
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub corpus: CorpusArgs,
+    /// Folder of the shards (part-XXXXX-of-YYYYY.parquet).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Shard to write (0-based). Defaults to SLURM_ARRAY_TASK_ID when set;
+    /// without either, every shard is written in turn.
+    #[arg(long, env = "SLURM_ARRAY_TASK_ID")]
+    pub shard_index: Option<usize>,
+    /// How many shards the corpus is split into.
+    #[arg(long, default_value_t = 1)]
+    pub num_shards: usize,
+    #[arg(long, default_value_t = 256)]
+    pub batch_size: usize,
+    /// Classes kept per image (most probable first).
+    #[arg(long, default_value_t = 5)]
+    pub topk: usize,
+    /// ONNX Runtime intra-op threads.
+    #[arg(long, default_value_t = 2)]
+    pub threads: usize,
+    /// Rewrite shards that are already complete.
+    #[arg(long)]
+    pub force: bool,
+    /// libonnxruntime.so to load (default: ORT_DYLIB_PATH, then the one
+    /// scripts/setup.sh installed).
+    #[arg(long)]
+    pub ort_library: Option<PathBuf>,
+}
+
+pub fn label(args: &LabelArgs, bars: &Bars) -> anyhow::Result<()> {
+    if args.num_shards == 0 {
+        anyhow::bail!("--num-shards: expected at least 1");
+    }
+    let job = LabelJob {
+        model: args.model.clone(),
+        corpus: Corpus::new(&args.corpus.spec, &args.corpus.split, args.corpus.subset)?,
+        out_dir: args.out.clone(),
+        shard_index: args.shard_index,
+        num_shards: args.num_shards,
+        batch_size: args.batch_size,
+        topk: args.topk,
+        threads: args.threads,
+        force: args.force,
+        ort_library: args.ort_library.clone(),
+    };
+    for o in stages::label(&job, bars)? {
+        let how = if o.reused { "already complete".to_string() } else { format!("{:.0} images/s", o.images_per_second) };
+        println!("{}: {} images ({how})", show(&o.path), o.rows);
+    }
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct FilterArgs {
+    /// Folder holding every shard of one labelling run.
+    #[arg(long)]
+    pub shards: PathBuf,
+    /// The filtered Parquet file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Minimum top probability (Noisy Student: 0.3).
+    #[arg(long, default_value_t = 0.3)]
+    pub threshold: f32,
+    /// K: images per class after balancing.
+    #[arg(long)]
+    pub per_class: usize,
+    /// Do not repeat images to fill classes with fewer than K.
+    #[arg(long)]
+    pub no_fill: bool,
+    /// Seed of the random choice of repeated images.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+}
+
+pub fn filter(args: &FilterArgs) -> anyhow::Result<()> {
+    let config = FilterConfig { threshold: args.threshold, per_class: args.per_class, fill: !args.no_fill, seed: args.seed };
+    let report = stages::filter(&args.shards, &args.out, &config)?;
+    println!("{:<20} {:>9} {:>9} {:>7} {:>10} {:>8}", "class", "predicted", "confident", "kept", "duplicates", "min p");
+    for c in &report.classes {
+        let min = c.min_confidence.map_or("-".to_string(), |p| format!("{p:.3}"));
+        println!("{:<20} {:>9} {:>9} {:>7} {:>10} {:>8}", c.class, c.predicted, c.confident, c.kept, c.duplicates, min);
+    }
+    println!("wrote {} ({} rows from {} shards, {} input rows)", show(&report.output), report.output_rows, report.shards, report.input_rows);
+    Ok(())
+}
+
+#[derive(Debug, Args)]
+pub struct EvalArgs {
+    /// A checkpoint (.safetensors) or an ONNX model (.onnx).
+    #[arg(long)]
+    pub model: PathBuf,
+    #[command(flatten)]
+    pub corpus: CorpusArgs,
+    #[arg(long, default_value_t = 500)]
+    pub batch_size: usize,
+    #[command(flatten)]
+    pub device: DeviceArgs,
+}
+
+pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
+    let corpus = Corpus::new(&args.corpus.spec, &args.corpus.split, args.corpus.subset)?;
+    let set = corpus.subset.apply(&ImageSet::load_split(&corpus.spec, &corpus.split)?)?;
+    let (correct, total) = if args.model.extension().is_some_and(|e| e == "onnx") {
+        let mut teacher = Teacher::open(&args.model, 2, &TeacherOverrides::default(), None)?;
+        if teacher.class_names.len() != corpus.spec.num_classes() {
+            anyhow::bail!(
+                "{} predicts {} classes, the data spec has {}",
+                show(&args.model),
+                teacher.class_names.len(),
+                corpus.spec.num_classes()
+            );
+        }
+        teacher.accuracy(&set, args.batch_size)?
+    } else {
+        let device = args.device.device()?;
+        let loaded = selftrain_model::load_model(&args.model, device)?;
+        if loaded.meta.class_names.len() != corpus.spec.num_classes() {
+            anyhow::bail!(
+                "{} predicts {} classes, the data spec has {}",
+                show(&args.model),
+                loaded.meta.class_names.len(),
+                corpus.spec.num_classes()
+            );
+        }
+        let p = &loaded.meta.preprocess;
+        let normalize = selftrain_data::loader::Normalize { mean: p.mean.clone(), std: p.std.clone() };
+        let e = selftrain_train::evaluate(&loaded.model, &set, &normalize, args.batch_size, device)?;
+        (e.correct, e.total)
+    };
+    println!("accuracy: {:.4} ({correct}/{total}) on {} {}", correct as f64 / total.max(1) as f64, corpus.split, corpus.subset);
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Parameters, multiply-adds and the per-stage shape of a ResNet-RS size.
+    Summary(SummaryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SummaryArgs {
+    /// resnet-rs-50, -101, -152, -200, -270, -350 or -420.
+    #[arg(long)]
+    pub arch: String,
+    #[arg(long, default_value_t = 1000)]
+    pub num_classes: i64,
+    /// Input size in pixels (default: the size's training resolution).
+    #[arg(long)]
+    pub resolution: Option<i64>,
+    /// Input channels.
+    #[arg(long, default_value_t = 3)]
+    pub channels: i64,
+    /// Blocks per stage, replacing the named depth, e.g. 1,1,1,1.
+    #[arg(long, value_delimiter = ',', num_args = 4)]
+    pub depth: Option<Vec<usize>>,
+    /// Width multiplier.
+    #[arg(long)]
+    pub width: Option<f64>,
+    /// The small-input form (28-32 px images).
+    #[arg(long)]
+    pub small_input: bool,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn model(command: &ModelCommand) -> anyhow::Result<()> {
+    let ModelCommand::Summary(args) = command;
+    let mut spec = ModelSpec::named(&args.arch);
+    spec.depth = args.depth.as_ref().map(|d| [d[0], d[1], d[2], d[3]]);
+    spec.width = args.width;
+    spec.small_input = Some(args.small_input);
+    let config = spec.resolve(args.channels, args.num_classes)?;
+    let resolution = args
+        .resolution
+        .or_else(|| FAMILY.iter().find(|f| f.0 == args.arch).map(|f| f.4))
+        .context("no resolution")?;
+    let s = selftrain_model::summary::summarize(&config, resolution);
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+        return Ok(());
+    }
+    println!("{} at {}x{}, {} classes", s.name, resolution, resolution, s.num_classes);
+    println!("parameters: {}", s.parameters);
+    println!("multiply-adds: {:.3} G", s.multiply_adds as f64 / 1e9);
+    println!("{:<8} {:>6} {:>9} {:>9} {:>12} {:>6}", "stage", "blocks", "channels", "output", "MACs (M)", "sd");
+    for st in &s.stages {
+        println!(
+            "{:<8} {:>6} {:>9} {:>9} {:>12.1} {:>6.3}",
+            st.stage,
+            st.blocks,
+            st.channels,
+            format!("{}x{}", st.height, st.width),
+            st.multiply_adds as f64 / 1e6,
+            st.stochastic_depth
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,153 @@
+//! The stages as the commands and the pipeline runner both call them: each
+//! delegates to its crate and writes its report next to its outputs.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use selftrain_data::atomic::write_atomic;
+use selftrain_data::{DataSpec, ImageSet, Progress, Subset};
+use selftrain_filter::{FilterConfig, FilterReport};
+use selftrain_label::{LabelConfig, ShardOutcome, Teacher, TeacherOverrides};
+use selftrain_model::onnx::{ExportOptions, export};
+use selftrain_train::{TrainConfig, TrainReport};
+use serde::Serialize;
+
+/// Writes `value` as pretty JSON, atomically.
+pub fn write_json(path: &Path, value: &impl Serialize) -> anyhow::Result<()> {
+    let text = serde_json::to_string_pretty(value)?;
+    write_atomic(path, format!("{text}\n").as_bytes()).with_context(|| format!("writing {}", path.display()))
+}
+
+/// A corpus: a split of a data set, narrowed by a subset.
+#[derive(Debug, Clone)]
+pub struct Corpus {
+    pub spec: DataSpec,
+    pub split: String,
+    pub subset: Subset,
+}
+
+impl Corpus {
+    pub fn new(spec_path: &Path, split: &str, subset: Subset) -> anyhow::Result<Corpus> {
+        let spec = DataSpec::load(spec_path)?;
+        spec.split(split)?;
+        Ok(Corpus { spec, split: split.to_string(), subset })
+    }
+
+    /// Recorded in shard metadata; identifies the corpus across machines.
+    pub fn description(&self) -> String {
+        serde_json::json!({"spec": self.spec.name, "split": self.split, "subset": self.subset.to_string()}).to_string()
+    }
+
+    /// The corpus images without labels, and the true labels held back by
+    /// image id (empty when the split has none).
+    pub fn load_unlabelled(&self) -> anyhow::Result<(ImageSet, HashMap<String, i64>)> {
+        let set = self.subset.apply(&ImageSet::load_split(&self.spec, &self.split)?)?;
+        let truth = match &set.labels {
+            Some(labels) => set.ids.iter().cloned().zip(labels.iter().copied()).collect(),
+            None => HashMap::new(),
+        };
+        Ok((set.without_labels(), truth))
+    }
+}
+
+/// Trains into `out`: `config.toml` (resolved), `checkpoint.safetensors`,
+/// `report.json`.
+pub fn train(config: &TrainConfig, out: &Path, device: tch::Device, progress: &dyn Progress) -> anyhow::Result<TrainReport> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let resolved = toml::to_string_pretty(config)?;
+    write_atomic(&out.join("config.toml"), resolved.as_bytes())?;
+    let report = selftrain_train::train(config, out, device, progress)?;
+    write_json(&out.join("report.json"), &report)?;
+    Ok(report)
+}
+
+#[derive(Debug, Serialize)]
+pub struct ExportReport {
+    pub onnx: PathBuf,
+    pub model: String,
+    pub bytes: u64,
+    pub checkpoint_sha256: String,
+}
+
+/// Exports a selftrain checkpoint to ONNX.
+pub fn export_onnx(checkpoint: &Path, out: &Path, options: &ExportOptions) -> anyhow::Result<ExportReport> {
+    let loaded = selftrain_model::load_model(checkpoint, tch::Device::Cpu)?;
+    export(&loaded.model, &loaded.meta, &loaded.sha256, options, out)?;
+    let bytes = std::fs::metadata(out).with_context(|| format!("reading {}", out.display()))?.len();
+    Ok(ExportReport { onnx: out.to_path_buf(), model: loaded.meta.model.name, bytes, checkpoint_sha256: loaded.sha256 })
+}
+
+/// One labelling job: a teacher, a corpus and which shards to write.
+#[derive(Debug, Clone)]
+pub struct LabelJob {
+    pub model: PathBuf,
+    pub corpus: Corpus,
+    pub out_dir: PathBuf,
+    /// `None`: every shard, one after the other.
+    pub shard_index: Option<usize>,
+    pub num_shards: usize,
+    pub batch_size: usize,
+    pub topk: usize,
+    pub threads: usize,
+    pub force: bool,
+    pub ort_library: Option<PathBuf>,
+}
+
+pub fn label(job: &LabelJob, progress: &dyn Progress) -> anyhow::Result<Vec<ShardOutcome>> {
+    // Class names come from the model; a model without them (any foreign
+    // classifier) takes the data spec's.
+    let overrides = TeacherOverrides::default();
+    let mut teacher = match Teacher::open(&job.model, job.threads, &overrides, job.ort_library.as_deref()) {
+        Err(selftrain_label::LabelError::Teacher { message, .. }) if message.contains("has no class names") => {
+            let overrides = TeacherOverrides {
+                class_names: Some(job.corpus.spec.classes.clone()),
+                preprocess: Some(selftrain_train::trainer::preprocess_of(&job.corpus.spec)),
+                output_kind: None,
+            };
+            Teacher::open(&job.model, job.threads, &overrides, job.ort_library.as_deref())?
+        }
+        other => other?,
+    };
+    if teacher.class_names.len() != job.corpus.spec.num_classes() {
+        anyhow::bail!(
+            "teacher {} predicts {} classes, data spec {} has {}",
+            job.model.display(),
+            teacher.class_names.len(),
+            job.corpus.spec.source.display(),
+            job.corpus.spec.num_classes()
+        );
+    }
+    let (images, _) = job.corpus.load_unlabelled()?;
+    let shards: Vec<usize> = match job.shard_index {
+        Some(i) => vec![i],
+        None => (0..job.num_shards).collect(),
+    };
+    let mut outcomes = Vec::new();
+    for index in shards {
+        let config = LabelConfig {
+            shard_index: index,
+            num_shards: job.num_shards,
+            batch_size: job.batch_size,
+            topk: job.topk,
+            force: job.force,
+            workers: 1,
+        };
+        outcomes.push(selftrain_label::label_shard(
+            &mut teacher,
+            &images,
+            &job.corpus.description(),
+            &job.out_dir,
+            &config,
+            progress,
+        )?);
+    }
+    Ok(outcomes)
+}
+
+/// Filters shards into `out` and writes `<out stem>.report.json` beside it.
+pub fn filter(shards: &Path, out: &Path, config: &FilterConfig) -> anyhow::Result<FilterReport> {
+    let report = selftrain_filter::filter_shards(shards, out, config)?;
+    write_json(&out.with_extension("report.json"), &report)?;
+    Ok(report)
+}

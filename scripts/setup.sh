@@ -57,7 +57,7 @@ ln -sfn "$ort_lib" "$root/.deps/libonnxruntime.so"
 
 # Python clients used by the tests to read what selftrain writes the way
 # users will (polars, pyarrow, onnxruntime's Python API).
-if ! "$py" -c 'import polars, pyarrow, numpy, onnxruntime' 2>/dev/null; then
+if ! "$py" -c 'import polars, pyarrow, numpy, onnxruntime, safetensors' 2>/dev/null; then
   say "installing Python readers for the interop tests"
   pip_install -r "$root/scripts/requirements-readers.txt"
 fi

@@ -104,7 +104,7 @@ fn small_member_matches_onnx_runtime_folded_and_unfolded() {
     let pre: Preprocess = serde_json::from_str(&meta[keys::ONNX_PREPROCESS]).unwrap();
     assert_eq!((pre.height, pre.width, pre.channels), (28, 28, 1));
 
-    let keep = ExportOptions { fold_batch_norm: false, output: OutputKind::Probabilities };
+    let keep = ExportOptions { fold_batch_norm: false, output: OutputKind::Probabilities, ..Default::default() };
     let (diff, _) = compare(small(Activation::Silu), 3, 7, 30, 3, &keep);
     assert!(diff <= 1e-4, "max abs difference {diff} (unfolded BN, SiLU, probabilities)");
 }

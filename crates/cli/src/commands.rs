@@ -7,7 +7,7 @@ use clap::{Args, Subcommand};
 use selftrain_data::{ImageSet, Subset};
 use selftrain_filter::FilterConfig;
 use selftrain_label::{Teacher, TeacherOverrides};
-use selftrain_model::onnx::{ExportOptions, OutputKind};
+use selftrain_model::onnx::{ExportOptions, ExternalData, OutputKind};
 use selftrain_model::{ModelSpec, config::FAMILY};
 use selftrain_train::TrainConfig;
 
@@ -64,14 +64,31 @@ pub struct ExportArgs {
     /// Output of the graph: logits, or probabilities (softmax added).
     #[arg(long, default_value = "logits", value_parser = ["logits", "probabilities"])]
     pub output: String,
+    /// Store the weights as float16 (half the file; arithmetic stays float32).
+    #[arg(long)]
+    pub fp16_weights: bool,
+    /// Put the weights in `<out>.data` beside the model (automatic past 1 GiB
+    /// of weights, which keeps the file under protobuf's 2 GiB limit).
+    #[arg(long)]
+    pub external_data: bool,
+    /// Data spec giving class names and preprocessing to a checkpoint that
+    /// carries none.
+    #[arg(long)]
+    pub data_spec: Option<PathBuf>,
+    #[command(flatten)]
+    pub foreign: stages::ForeignCheckpointArgs,
 }
 
 pub fn export(args: &ExportArgs) -> anyhow::Result<()> {
     let options = ExportOptions {
         fold_batch_norm: !args.keep_batch_norm,
         output: if args.output == "probabilities" { OutputKind::Probabilities } else { OutputKind::Logits },
+        fp16_weights: args.fp16_weights,
+        external_data: if args.external_data { ExternalData::Always } else { ExternalData::Auto },
     };
-    let report = stages::export_onnx(&args.checkpoint, &args.out, &options)?;
+    let data = args.data_spec.as_deref().map(selftrain_data::DataSpec::load).transpose()?;
+    let fallback = args.foreign.fallback(data.as_ref())?;
+    let report = stages::export_onnx_with(&args.checkpoint, &args.out, &options, fallback.as_ref())?;
     println!("wrote {} ({}, {} bytes)", show(&report.onnx), report.model, report.bytes);
     Ok(())
 }
@@ -193,6 +210,8 @@ pub struct EvalArgs {
     pub batch_size: usize,
     #[command(flatten)]
     pub device: DeviceArgs,
+    #[command(flatten)]
+    pub foreign: stages::ForeignCheckpointArgs,
 }
 
 pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
@@ -211,7 +230,8 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         teacher.accuracy(&set, args.batch_size)?
     } else {
         let device = args.device.device()?;
-        let loaded = selftrain_model::load_model(&args.model, device)?;
+        let fallback = args.foreign.fallback(Some(&corpus.spec))?;
+        let loaded = selftrain_model::load_model_with(&args.model, device, fallback.as_ref())?;
         if loaded.meta.class_names.len() != corpus.spec.num_classes() {
             anyhow::bail!(
                 "{} predicts {} classes, the data spec has {}",
@@ -249,7 +269,7 @@ pub struct SummaryArgs {
     #[arg(long, default_value_t = 3)]
     pub channels: i64,
     /// Blocks per stage, replacing the named depth, e.g. 1,1,1,1.
-    #[arg(long, value_delimiter = ',', num_args = 4)]
+    #[arg(long, value_delimiter = ',')]
     pub depth: Option<Vec<usize>>,
     /// Width multiplier.
     #[arg(long)]
@@ -265,7 +285,11 @@ pub struct SummaryArgs {
 pub fn model(command: &ModelCommand) -> anyhow::Result<()> {
     let ModelCommand::Summary(args) = command;
     let mut spec = ModelSpec::named(&args.arch);
-    spec.depth = args.depth.as_ref().map(|d| [d[0], d[1], d[2], d[3]]);
+    spec.depth = match args.depth.as_deref() {
+        None => None,
+        Some(&[a, b, c, d]) => Some([a, b, c, d]),
+        Some(other) => anyhow::bail!("--depth: expected four blocks-per-stage numbers, found {other:?}"),
+    };
     spec.width = args.width;
     spec.small_input = Some(args.small_input);
     let config = spec.resolve(args.channels, args.num_classes)?;

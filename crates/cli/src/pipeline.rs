@@ -188,6 +188,7 @@ impl PipelineFile {
             },
             optim: stage.1.clone(),
             pseudo,
+            init: None,
         }
     }
 }

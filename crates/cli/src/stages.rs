@@ -9,7 +9,10 @@ use selftrain_data::atomic::write_atomic;
 use selftrain_data::{DataSpec, ImageSet, Progress, Subset};
 use selftrain_filter::{FilterConfig, FilterReport};
 use selftrain_label::{LabelConfig, ShardOutcome, Teacher, TeacherOverrides};
+use selftrain_data::schema::model_meta::Preprocess;
+use selftrain_model::config::ModelConfig;
 use selftrain_model::onnx::{ExportOptions, export};
+use selftrain_model::{CheckpointMeta, ModelSpec};
 use selftrain_train::{TrainConfig, TrainReport};
 use serde::Serialize;
 
@@ -70,9 +73,69 @@ pub struct ExportReport {
     pub checkpoint_sha256: String,
 }
 
-/// Exports a selftrain checkpoint to ONNX.
+/// What describes a checkpoint that carries no selftrain metadata (a timm
+/// state dict): a model spec file, the class count, and optionally a data
+/// spec for class names and preprocessing.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct ForeignCheckpointArgs {
+    /// For a checkpoint without selftrain metadata (e.g. saved by timm): a
+    /// TOML model table (`arch`, `depth`, `width`, `stem_widths`, ...).
+    #[arg(long)]
+    pub model_spec: Option<PathBuf>,
+    /// For a checkpoint without selftrain metadata: number of classes.
+    #[arg(long, default_value_t = 1000)]
+    pub num_classes: i64,
+    /// For a checkpoint without selftrain metadata and no data spec: input
+    /// size in pixels (default: the size's test resolution).
+    #[arg(long)]
+    pub resolution: Option<usize>,
+}
+
+impl ForeignCheckpointArgs {
+    /// The description to use if the checkpoint has none. `data` gives class
+    /// names and preprocessing; without it, ImageNet's normalisation at the
+    /// size's test resolution.
+    pub fn fallback(&self, data: Option<&DataSpec>) -> anyhow::Result<Option<CheckpointMeta>> {
+        let Some(path) = &self.model_spec else { return Ok(None) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("reading model spec {}", path.display()))?;
+        let spec: ModelSpec = toml::from_str(&text).map_err(|e| anyhow::anyhow!("model spec {}: {e}", path.display()))?;
+        let channels = data.map_or(3, |d| d.channels as i64);
+        let model = spec.resolve(channels, self.num_classes)?;
+        let (class_names, preprocess) = match data {
+            Some(d) if d.num_classes() as i64 == self.num_classes => {
+                (d.classes.clone(), selftrain_train::trainer::preprocess_of(d))
+            }
+            _ => {
+                let size = self.resolution.unwrap_or(ModelConfig::resolutions(&spec.arch).map_or(224, |r| r.1) as usize);
+                (
+                    (0..self.num_classes).map(|i| format!("class-{i}")).collect(),
+                    Preprocess {
+                        channels: channels as usize,
+                        height: size,
+                        width: size,
+                        mean: vec![0.485, 0.456, 0.406],
+                        std: vec![0.229, 0.224, 0.225],
+                        resize: "bicubic".into(),
+                    },
+                )
+            }
+        };
+        Ok(Some(CheckpointMeta { model, class_names, preprocess, role: format!("imported from {}", path.display()) }))
+    }
+}
+
+/// Exports a checkpoint to ONNX.
 pub fn export_onnx(checkpoint: &Path, out: &Path, options: &ExportOptions) -> anyhow::Result<ExportReport> {
-    let loaded = selftrain_model::load_model(checkpoint, tch::Device::Cpu)?;
+    export_onnx_with(checkpoint, out, options, None)
+}
+
+pub fn export_onnx_with(
+    checkpoint: &Path,
+    out: &Path,
+    options: &ExportOptions,
+    fallback: Option<&CheckpointMeta>,
+) -> anyhow::Result<ExportReport> {
+    let loaded = selftrain_model::load_model_with(checkpoint, tch::Device::Cpu, fallback)?;
     export(&loaded.model, &loaded.meta, &loaded.sha256, options, out)?;
     let bytes = std::fs::metadata(out).with_context(|| format!("reading {}", out.display()))?.len();
     Ok(ExportReport { onnx: out.to_path_buf(), model: loaded.meta.model.name, bytes, checkpoint_sha256: loaded.sha256 })

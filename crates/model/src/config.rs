@@ -50,6 +50,15 @@ pub struct ModelSpec {
     pub stochastic_depth: Option<f64>,
     #[serde(default)]
     pub activation: Option<Activation>,
+    /// Exact widths of the stem's three convs, replacing the scaled ones
+    /// (for checkpoints of other widths, e.g. timm models built with
+    /// `stem_width` and its fixed 64-channel stem output).
+    #[serde(default)]
+    pub stem_widths: Option<[i64; 3]>,
+    /// Exact bottleneck widths per stage, replacing the scaled ones (timm's
+    /// `channels`).
+    #[serde(default)]
+    pub stage_widths: Option<[i64; 4]>,
 }
 
 /// A fully resolved ResNet-RS configuration.
@@ -87,6 +96,8 @@ impl ModelSpec {
             dropout: None,
             stochastic_depth: None,
             activation: None,
+            stem_widths: None,
+            stage_widths: None,
         }
     }
 
@@ -132,14 +143,25 @@ impl ModelSpec {
         if small_input {
             knobs.push("small".to_string());
         }
+        if let Some(w) = self.stem_widths {
+            knobs.push(format!("stem{}-{}-{}", w[0], w[1], w[2]));
+        }
+        if let Some(w) = self.stage_widths {
+            knobs.push(format!("c{}-{}-{}-{}", w[0], w[1], w[2], w[3]));
+        }
+        for w in self.stem_widths.iter().flatten().chain(self.stage_widths.iter().flatten()) {
+            if *w < 1 {
+                return Err(ModelError::Config(format!("widths must be positive, found {w}")));
+            }
+        }
         if !knobs.is_empty() {
             name = format!("{name}[{}]", knobs.join(","));
         }
         Ok(ModelConfig {
             name,
             blocks,
-            widths: [64, 128, 256, 512].map(|w| scaled(w, multiplier)),
-            stem: [32, 32, 64].map(|w| scaled(w, multiplier)),
+            widths: self.stage_widths.unwrap_or([64, 128, 256, 512].map(|w| scaled(w, multiplier))),
+            stem: self.stem_widths.unwrap_or([32, 32, 64].map(|w| scaled(w, multiplier))),
             small_input,
             se_ratio: 0.25,
             activation: self.activation.unwrap_or(Activation::Relu),

@@ -32,8 +32,19 @@ pub struct LoadedModel {
 
 /// Reads a checkpoint written by selftrain and rebuilds its model on `device`.
 pub fn load_model(path: &Path, device: tch::Device) -> Result<LoadedModel, ModelError> {
+    load_model_with(path, device, None)
+}
+
+/// Like [`load_model`], for checkpoints that may carry no selftrain metadata
+/// (timm's `safetensors.torch.save_file(model.state_dict())`): `fallback`
+/// then says what the model is. A checkpoint's own metadata wins.
+pub fn load_model_with(path: &Path, device: tch::Device, fallback: Option<&CheckpointMeta>) -> Result<LoadedModel, ModelError> {
     let ck = Checkpoint::read(path)?;
-    let meta = ck.require_meta()?.clone();
+    let meta = match (&ck.meta, fallback) {
+        (Some(meta), _) => meta.clone(),
+        (None, Some(fallback)) => fallback.clone(),
+        (None, None) => ck.require_meta()?.clone(),
+    };
     let mut vs = tch::nn::VarStore::new(device);
     let model = ResNetRs::new(&vs.root(), &meta.model);
     ck.load_into(&mut vs)?;

@@ -45,19 +45,41 @@ impl OutputKind {
     }
 }
 
+/// Where the weights go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExternalData {
+    /// Inside the `.onnx` file unless it would pass protobuf's 2 GB limit.
+    Auto,
+    /// Always in a `<name>.onnx.data` file beside the model.
+    Always,
+}
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ExportOptions {
     /// Fold each BatchNorm into the preceding conv (the default); otherwise
     /// keep BatchNormalization nodes.
     pub fold_batch_norm: bool,
     pub output: OutputKind,
+    /// Store weights as float16 (half the file); the graph casts them to
+    /// float32 at load time, so inputs, outputs and arithmetic stay float32.
+    pub fp16_weights: bool,
+    pub external_data: ExternalData,
 }
 
 impl Default for ExportOptions {
     fn default() -> Self {
-        ExportOptions { fold_batch_norm: true, output: OutputKind::Logits }
+        ExportOptions {
+            fold_batch_norm: true,
+            output: OutputKind::Logits,
+            fp16_weights: false,
+            external_data: ExternalData::Auto,
+        }
     }
 }
+
+/// Initializer bytes above which [`ExternalData::Auto`] moves the weights
+/// out of the `.onnx` file (protobuf messages must stay below 2 GiB).
+pub const EXTERNAL_DATA_THRESHOLD: usize = 1 << 30;
 
 fn values(t: &Tensor) -> Result<Vec<f64>, ModelError> {
     let t = t.detach().to_device(tch::Device::Cpu).to_kind(Kind::Double).contiguous();
@@ -81,12 +103,31 @@ struct Graph {
     nodes: Vec<NodeProto>,
     initializers: Vec<TensorProto>,
     count: usize,
+    fp16: bool,
 }
 
 impl Graph {
     fn constant(&mut self, name: &str, data: &[f64], dims: &[i64]) -> String {
+        if self.fp16 {
+            let stored = format!("{name}.fp16");
+            let raw_data = data.iter().flat_map(|v| half::f16::from_f64(*v).to_le_bytes()).collect();
+            self.initializers.push(TensorProto {
+                dims: dims.to_vec(),
+                data_type: DTYPE_FLOAT16,
+                name: stored.clone(),
+                raw_data,
+                ..Default::default()
+            });
+            return self.named_node("Cast", &[&stored], vec![attr_int("to", DTYPE_FLOAT as i64)], name);
+        }
         let raw_data = data.iter().flat_map(|v| (*v as f32).to_le_bytes()).collect();
-        self.initializers.push(TensorProto { dims: dims.to_vec(), data_type: DTYPE_FLOAT, name: name.into(), raw_data });
+        self.initializers.push(TensorProto {
+            dims: dims.to_vec(),
+            data_type: DTYPE_FLOAT,
+            name: name.into(),
+            raw_data,
+            ..Default::default()
+        });
         name.to_string()
     }
 
@@ -192,16 +233,25 @@ fn value_info(name: &str, dims: &[Option<i64>]) -> ValueInfoProto {
     }
 }
 
-/// Builds the ONNX model bytes for `model` (evaluation mode).
+/// Builds the ONNX model for `model` (evaluation mode), weights inline.
 pub fn export_bytes(
     model: &ResNetRs,
     meta: &CheckpointMeta,
     source_sha256: &str,
     options: &ExportOptions,
 ) -> Result<Vec<u8>, ModelError> {
+    Ok(build(model, meta, source_sha256, options)?.encode_to_vec())
+}
+
+fn build(
+    model: &ResNetRs,
+    meta: &CheckpointMeta,
+    source_sha256: &str,
+    options: &ExportOptions,
+) -> Result<ModelProto, ModelError> {
     let fold = options.fold_batch_norm;
     let act = model.config.activation;
-    let mut g = Graph::default();
+    let mut g = Graph { fp16: options.fp16_weights, ..Graph::default() };
     let mut y = INPUT_NAME.to_string();
     for (conv, bn) in &model.stem {
         let z = g.conv_bn(&y, conv, bn, fold)?;
@@ -290,14 +340,16 @@ pub fn export_bytes(
             .map(|(key, value)| StringStringEntryProto { key: key.into(), value })
             .collect(),
     };
-    Ok(model_proto.encode_to_vec())
+    Ok(model_proto)
 }
 
 fn json<T: Serialize>(value: &T) -> String {
     serde_json::to_string(value).expect("plain data serialises to JSON")
 }
 
-/// Exports to `path` (written atomically).
+/// Exports to `path` (written atomically). With external data the weights go
+/// to `<file name>.data` beside it, written first, so the `.onnx` file never
+/// points at a missing or partial data file.
 pub fn export(
     model: &ResNetRs,
     meta: &CheckpointMeta,
@@ -305,6 +357,28 @@ pub fn export(
     options: &ExportOptions,
     path: &Path,
 ) -> Result<(), ModelError> {
-    let bytes = export_bytes(model, meta, source_sha256, options)?;
-    write_atomic(path, &bytes).map_err(|e| ModelError::Checkpoint { path: path.to_path_buf(), message: e.to_string() })
+    let mut proto = build(model, meta, source_sha256, options)?;
+    let fail = |e: selftrain_data::DataError| ModelError::Checkpoint { path: path.to_path_buf(), message: e.to_string() };
+    let graph = proto.graph.as_mut().expect("built with a graph");
+    let weight_bytes: usize = graph.initializer.iter().map(|t| t.raw_data.len()).sum();
+    if options.external_data == ExternalData::Always || weight_bytes > EXTERNAL_DATA_THRESHOLD {
+        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.onnx".into());
+        let data_name = format!("{file_name}.data");
+        let mut data = Vec::with_capacity(weight_bytes);
+        for t in &mut graph.initializer {
+            // Offsets aligned to 4 KiB so the runtime can map them.
+            data.resize(data.len().div_ceil(4096) * 4096, 0);
+            let offset = data.len();
+            data.extend_from_slice(&t.raw_data);
+            t.external_data = vec![
+                StringStringEntryProto { key: "location".into(), value: data_name.clone() },
+                StringStringEntryProto { key: "offset".into(), value: offset.to_string() },
+                StringStringEntryProto { key: "length".into(), value: t.raw_data.len().to_string() },
+            ];
+            t.data_location = LOCATION_EXTERNAL;
+            t.raw_data = Vec::new();
+        }
+        write_atomic(&path.with_file_name(&data_name), &data).map_err(fail)?;
+    }
+    write_atomic(path, &proto.encode_to_vec()).map_err(fail)
 }

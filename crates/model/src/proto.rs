@@ -92,6 +92,9 @@ pub struct AttributeProto {
 
 /// `TensorProto.DataType` values used here.
 pub const DTYPE_FLOAT: i32 = 1;
+pub const DTYPE_FLOAT16: i32 = 10;
+/// `TensorProto.DataLocation.EXTERNAL`.
+pub const LOCATION_EXTERNAL: i32 = 1;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct TensorProto {
@@ -103,6 +106,10 @@ pub struct TensorProto {
     pub name: String,
     #[prost(bytes = "vec", tag = "9")]
     pub raw_data: Vec<u8>,
+    #[prost(message, repeated, tag = "13")]
+    pub external_data: Vec<StringStringEntryProto>,
+    #[prost(int32, tag = "14")]
+    pub data_location: i32,
 }
 
 #[derive(Clone, PartialEq, prost::Message)]

@@ -122,6 +122,13 @@ pub struct Bottleneck {
     pub drop_rate: f64,
 }
 
+/// Squeeze width of the SE gate: `ratio * channels` rounded to a multiple of
+/// 8, at least 8 (timm's `make_divisible`; equal to `ratio * channels` for
+/// every width the family uses).
+pub fn se_width(channels: i64, ratio: f64) -> i64 {
+    (((channels as f64 * ratio + 4.0) as i64) / 8 * 8).max(8)
+}
+
 /// The 2x2 stride-2 average pool of ResNet-D shortcuts (ceil mode, padding
 /// not counted, as timm does for odd sizes).
 pub fn shortcut_pool(xs: &Tensor) -> Tensor {
@@ -142,7 +149,7 @@ fn drop_path(xs: Tensor, rate: f64, train: bool) -> Tensor {
 impl Bottleneck {
     fn new(p: &nn::Path, cin: i64, width: i64, stride: i64, config: &ModelConfig, drop_rate: f64) -> Bottleneck {
         let cout = width * 4;
-        let squeezed = ((cout as f64 * config.se_ratio).round() as i64).max(1);
+        let squeezed = se_width(cout, config.se_ratio);
         let downsample = (stride != 1 || cin != cout).then(|| {
             let d = p / "downsample";
             // Index 0 is the (parameter-free) pool, as in timm's Sequential.

@@ -70,7 +70,7 @@ pub fn summarize(config: &ModelConfig, resolution: i64) -> ModelSummary {
     let mut cin = s2;
     for (i, (&blocks, &width)) in config.blocks.iter().zip(&config.widths).enumerate() {
         let cout = width * 4;
-        let squeezed = ((cout as f64 * config.se_ratio).round() as i64).max(1);
+        let squeezed = crate::resnet_rs::se_width(cout, config.se_ratio);
         let mut macs = 0;
         for b in 0..blocks {
             let stride = if i > 0 && b == 0 { 2 } else { 1 };

@@ -145,6 +145,10 @@ pub struct TrainConfig {
     pub optim: OptimConfig,
     #[serde(default)]
     pub pseudo: Option<PseudoConfig>,
+    /// Start from these weights (a selftrain or timm safetensors checkpoint
+    /// of the same architecture and class count) instead of from scratch.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
 }
 
 fn d_role() -> String {
@@ -171,6 +175,9 @@ impl TrainConfig {
             }
         };
         fix(&mut self.data.spec);
+        if let Some(init) = &mut self.init {
+            fix(init);
+        }
         if let Some(pseudo) = &mut self.pseudo {
             fix(&mut pseudo.labels);
         }

@@ -166,8 +166,12 @@ pub fn train(config: &TrainConfig, out_dir: &Path, device: Device, progress: &dy
     let images = Arc::new(images);
 
     let model_config = config.model.resolve(spec.channels as i64, k as i64)?;
-    let vs = VarStore::new(device);
+    let mut vs = VarStore::new(device);
     let model = ResNetRs::new(&vs.root(), &model_config);
+    if let Some(init) = &config.init {
+        selftrain_model::Checkpoint::read(init)?.load_into(&mut vs)?;
+        tracing::info!("initialised from {}", init.display());
+    }
     let parameters: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
     let mut ema_vs = VarStore::new(device);
     let ema_model = ResNetRs::new(&ema_vs.root(), &model_config);

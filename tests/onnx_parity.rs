@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use ort::session::Session;
 use ort::value::Tensor as OrtTensor;
 use selftrain_data::schema::model_meta::{self as keys, Preprocess};
-use selftrain_model::onnx::{ExportOptions, OutputKind, export_bytes};
+use selftrain_model::onnx::{ExportOptions, ExternalData, OutputKind, export_bytes};
 use selftrain_model::{Activation, CheckpointMeta, ModelSpec, ResNetRs};
 use tch::nn::VarStore;
 use tch::{Device, Kind, Tensor};
@@ -25,6 +25,9 @@ fn randomise(vs: &VarStore) {
                 Tensor::rand(&size, (Kind::Float, Device::Cpu)) + 0.5
             } else if name.ends_with("running_mean") || name.ends_with("bias") {
                 Tensor::randn(&size, (Kind::Float, Device::Cpu)) * 0.1
+            } else if name == "fc.weight" {
+                // Larger than the 0.01 init, so logits are far from zero.
+                Tensor::randn(&size, (Kind::Float, Device::Cpu)) * 0.2
             } else if is_bn {
                 Tensor::rand(&size, (Kind::Float, Device::Cpu)) * 0.5 + 0.5
             } else {
@@ -113,4 +116,34 @@ fn small_member_matches_onnx_runtime_folded_and_unfolded() {
 fn resnet_rs_50_at_160_px_matches_onnx_runtime() {
     let (diff, _) = compare(ModelSpec::named("resnet-rs-50"), 3, 1000, 160, 2, &ExportOptions::default());
     assert!(diff <= 1e-4, "max abs difference {diff}");
+}
+
+#[test]
+fn fp16_weights_in_an_external_data_file_load_and_stay_close() {
+    tch::manual_seed(3);
+    let config = small(Activation::Relu).resolve(1, 10).unwrap();
+    let vs = VarStore::new(Device::Cpu);
+    let model = ResNetRs::new(&vs.root(), &config);
+    randomise(&vs);
+    let x = Tensor::randn([4, 1, 28, 28], (Kind::Float, Device::Cpu));
+    let want = tch::no_grad(|| model.forward_t(&x, false));
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.onnx");
+    let options = ExportOptions { fp16_weights: true, external_data: ExternalData::Always, ..Default::default() };
+    selftrain_model::onnx::export(&model, &meta(&config, 28), "0", &options, &path).unwrap();
+    let data = dir.path().join("m.onnx.data");
+    let params: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
+    assert!(std::fs::metadata(&path).unwrap().len() < 100_000, "weights are not inside the .onnx file");
+    assert!(std::fs::metadata(&data).unwrap().len() as i64 >= 2 * params, "two bytes per weight at least");
+
+    let env = selftrain_label::init_runtime(None).unwrap();
+    let mut session = Session::builder(env).unwrap().commit_from_file(&path).unwrap();
+    let input = Vec::<f32>::try_from(x.reshape([-1])).unwrap();
+    let outputs = session.run(ort::inputs!["input" => OrtTensor::from_array(([4usize, 1, 28, 28], input)).unwrap()]).unwrap();
+    let (_, got) = outputs[0].try_extract_tensor::<f32>().unwrap();
+    let diff = f64::try_from((Tensor::from_slice(got).view([4, 10]) - &want).abs().max()).unwrap();
+    let scale = f64::try_from(want.abs().max()).unwrap();
+    eprintln!("fp16 weights: max abs difference {diff:.3e}, max abs output {scale:.3e}");
+    assert!(diff <= 1e-2 * scale.max(1.0), "max abs difference {diff} (fp16 weights)");
+    assert!(diff > 0.0, "fp16 rounding should show");
 }

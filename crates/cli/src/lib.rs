@@ -2,6 +2,7 @@
 //! pipeline runner. This crate alone owns the terminal: results on stdout,
 //! logs and progress bars on stderr.
 
+mod bench;
 mod commands;
 mod pipeline;
 mod progress;
@@ -51,6 +52,9 @@ pub enum Command {
     /// Inspect ResNet-RS models.
     #[command(subcommand)]
     Model(commands::ModelCommand),
+    /// Throughput measurements used by the scripts in benches/.
+    #[command(subcommand)]
+    Bench(bench::BenchCommand),
 }
 
 /// Options shared by the commands that run a model.
@@ -121,6 +125,7 @@ pub fn main() -> ExitCode {
         Command::Eval(a) => commands::eval(a),
         Command::Run(a) => pipeline::run(a, &bars),
         Command::Model(m) => commands::model(m),
+        Command::Bench(b) => bench::bench(b),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

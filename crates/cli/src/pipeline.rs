@@ -258,10 +258,19 @@ struct RoundSummary {
     pseudo_labelled_images: usize,
     pseudo_label_accuracy_kept: f64,
     kept_images: usize,
-    kept_per_class: Vec<(String, usize)>,
+    kept_per_class: Vec<ClassKept>,
     filtered_rows: usize,
     label_images_per_second: f64,
     student: TrainResult,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct ClassKept {
+    class: String,
+    /// Distinct images kept.
+    kept: usize,
+    /// Repeats added to fill the class up to K.
+    duplicates: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -380,7 +389,7 @@ pub fn run(args: &RunArgs, bars: &Bars) -> anyhow::Result<()> {
             pseudo_labelled_images: accuracy.all_total,
             pseudo_label_accuracy_kept: ratio(accuracy.kept_correct, accuracy.kept_total),
             kept_images: accuracy.kept_total,
-            kept_per_class: report.iter().map(|(c, k, _)| (c.clone(), *k)).collect(),
+            kept_per_class: report.iter().map(|(c, k, d)| ClassKept { class: c.clone(), kept: *k, duplicates: *d }).collect(),
             filtered_rows: report.iter().map(|(_, k, d)| k + d).sum(),
             label_images_per_second: label_rate,
             student: student.clone(),
@@ -409,8 +418,8 @@ fn print_summary(s: &Summary) {
     for r in &s.rounds {
         println!("{:<34} {:>10} {:>10}", format!("round {} pseudo-labels, all", r.round), r.pseudo_labelled_images, acc(Some(r.pseudo_label_accuracy_all)));
         println!("{:<34} {:>10} {:>10}", format!("round {} pseudo-labels, kept", r.round), r.kept_images, acc(Some(r.pseudo_label_accuracy_kept)));
-        let per_class: Vec<String> = r.kept_per_class.iter().map(|(c, k)| format!("{c}={k}")).collect();
-        println!("{:<34} {}", format!("round {} kept per class", r.round), per_class.join(" "));
+        let per_class: Vec<String> = r.kept_per_class.iter().map(|c| format!("{}={}", c.class, c.kept)).collect();
+        println!("{:<34} {}", format!("round {} kept per class", r.round), per_class.join(", "));
         println!(
             "{:<34} {:>10} {:>10}",
             format!("round {} student (+{} pseudo rows)", r.round, r.student.pseudo_labelled_rows),

@@ -81,13 +81,16 @@ impl Teacher {
         ort_library: Option<&Path>,
     ) -> Result<Teacher, LabelError> {
         let fail = |message: String| LabelError::Teacher { path: path.to_path_buf(), message };
-        let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-        let sha256 = format!("{:x}", Sha256::digest(&bytes));
+        let mut file = std::fs::File::open(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let mut hasher = Sha256::new();
+        std::io::copy(&mut file, &mut hasher).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let sha256 = format!("{:x}", hasher.finalize());
         let env = init_runtime(ort_library)?;
+        // From the file, so weights stored as external data beside it load too.
         let session = Session::builder(env)
             .and_then(|b| Ok(b.with_optimization_level(GraphOptimizationLevel::Level3)?))
             .and_then(|b| Ok(b.with_intra_threads(threads.max(1))?))
-            .and_then(|mut b| b.commit_from_memory(&bytes))
+            .and_then(|mut b| b.commit_from_file(path))
             .map_err(|e| fail(format!("ONNX Runtime cannot load it: {e}")))?;
         let meta = session.metadata().map_err(|e| fail(e.to_string()))?;
         let custom = |key: &str| meta.custom(key);

@@ -18,6 +18,86 @@ pub enum BenchCommand {
     /// forward+backward+SGD step, tch evaluation forward, ONNX Runtime
     /// inference of the exported graph. Prints JSON.
     Model(ModelBenchArgs),
+    /// Images/s of the data loader on a corpus: decode, crop, augment and
+    /// normalise on worker threads, batches consumed as fast as they come.
+    /// Prints JSON.
+    Loader(LoaderBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct LoaderBenchArgs {
+    #[command(flatten)]
+    pub corpus: crate::commands::CorpusArgs,
+    /// Side of the output crops in pixels.
+    #[arg(long, default_value_t = 224)]
+    pub resolution: usize,
+    /// `none`, `flip-crop` or `randaugment:N:M`; with anything but `none`
+    /// the training crop (random resized) is used, else the centre crop.
+    #[arg(long, default_value = "randaugment:2:15")]
+    pub augment: selftrain_data::augment::Augment,
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
+    #[arg(long, default_value_t = 64)]
+    pub batch: usize,
+    /// Images to time (cycling through the corpus), after one warm-up batch.
+    #[arg(long, default_value_t = 2048)]
+    pub images: usize,
+}
+
+#[derive(Debug, Serialize)]
+struct LoaderBench {
+    images: usize,
+    failed: usize,
+    resolution: usize,
+    workers: usize,
+    batch: usize,
+    augment: String,
+    seconds: f64,
+    images_per_second: f64,
+}
+
+fn bench_loader(a: &LoaderBenchArgs) -> anyhow::Result<()> {
+    use selftrain_data::loader::{Loader, LoaderConfig, Normalize};
+    use selftrain_data::{DataSpec, Split};
+    let spec = DataSpec::load(&a.corpus.spec)?;
+    let (split, _) = Split::open(&spec, &a.corpus.split, &|_| true)?;
+    if split.is_empty() {
+        anyhow::bail!("{}: split {:?} has no usable images", crate::show(&a.corpus.spec), a.corpus.split);
+    }
+    let train = a.augment != selftrain_data::augment::Augment::None;
+    let mut spec_train = spec.clone();
+    if train {
+        spec_train.train_crop = selftrain_data::spec::TrainCrop::RandomResized;
+    }
+    let samples = split.resized(a.resolution, a.resolution).into_samples(&spec_train, train);
+    let n = samples.len();
+    let batch = a.batch.max(1);
+    let total = a.images.div_ceil(batch) + 1;
+    let batches: Vec<Vec<usize>> = (0..total).map(|b| (b * batch..(b + 1) * batch).map(|i| i % n).collect()).collect();
+    let normalize = Normalize { mean: spec.mean.clone(), std: spec.std.clone() };
+    let config = LoaderConfig { workers: a.workers.max(1), prefetch: 2 * a.workers.max(1), augment: a.augment, seed: 0 };
+    let mut loader = Loader::start(samples, batches, normalize, &config);
+    let first = loader.next().ok_or_else(|| anyhow::anyhow!("the loader produced nothing"))?;
+    let mut failed = first.failed.len();
+    let start = Instant::now();
+    let mut images = 0;
+    for b in loader {
+        images += b.rows.len();
+        failed += b.failed.len();
+    }
+    let seconds = start.elapsed().as_secs_f64();
+    let result = LoaderBench {
+        images,
+        failed,
+        resolution: a.resolution,
+        workers: a.workers,
+        batch,
+        augment: a.augment.to_string(),
+        seconds,
+        images_per_second: images as f64 / seconds.max(1e-9),
+    };
+    println!("{}", serde_json::to_string(&result)?);
+    Ok(())
 }
 
 #[derive(Debug, Args)]
@@ -79,7 +159,10 @@ fn timed(steps: usize, warmup: usize, images: i64, mut step: impl FnMut()) -> f6
 }
 
 pub fn bench(command: &BenchCommand) -> anyhow::Result<()> {
-    let BenchCommand::Model(a) = command;
+    let a = match command {
+        BenchCommand::Model(a) => a,
+        BenchCommand::Loader(a) => return bench_loader(a),
+    };
     tch::set_num_threads(a.threads as i32);
     let device = a.device.device()?;
     let mut spec = ModelSpec::named(&a.arch);

@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use clap::{Args, Subcommand};
-use selftrain_data::{ImageSet, Subset};
+use selftrain_data::{ImageSet, Split, Subset};
 use selftrain_filter::FilterConfig;
 use selftrain_label::{Teacher, TeacherOverrides};
 use selftrain_model::onnx::{ExportOptions, ExternalData, OutputKind};
@@ -133,6 +133,9 @@ pub struct LabelArgs {
     /// ONNX Runtime intra-op threads.
     #[arg(long, default_value_t = 2)]
     pub threads: usize,
+    /// Loader threads decoding and preparing batches ahead of inference.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
     /// Rewrite shards that are already complete.
     #[arg(long)]
     pub force: bool,
@@ -155,12 +158,14 @@ pub fn label(args: &LabelArgs, bars: &Bars) -> anyhow::Result<()> {
         batch_size: args.batch_size,
         topk: args.topk,
         threads: args.threads,
+        workers: args.workers,
         force: args.force,
         ort_library: args.ort_library.clone(),
     };
     for o in stages::label(&job, bars)? {
         let how = if o.reused { "already complete".to_string() } else { format!("{:.0} images/s", o.images_per_second) };
-        println!("{}: {} images ({how})", show(&o.path), o.rows);
+        let skipped = if o.skipped > 0 { format!(", {} skipped", o.skipped) } else { String::new() };
+        println!("{}: {} images ({how}{skipped})", show(&o.path), o.rows);
     }
     Ok(())
 }
@@ -208,6 +213,9 @@ pub struct EvalArgs {
     pub corpus: CorpusArgs,
     #[arg(long, default_value_t = 500)]
     pub batch_size: usize,
+    /// Loader threads decoding and preparing batches.
+    #[arg(long, default_value_t = 2)]
+    pub workers: usize,
     #[command(flatten)]
     pub device: DeviceArgs,
     #[command(flatten)]
@@ -216,8 +224,14 @@ pub struct EvalArgs {
 
 pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let corpus = Corpus::new(&args.corpus.spec, &args.corpus.split, args.corpus.subset)?;
-    let set = corpus.subset.apply(&ImageSet::load_split(&corpus.spec, &corpus.split)?)?;
-    let (correct, total) = if args.model.extension().is_some_and(|e| e == "onnx") {
+    let (all, skipped_listing) = Split::open(&corpus.spec, &corpus.split, &|_| true)?;
+    let set = all.select(&corpus.subset.rows_of(all.labels(), all.len())?);
+    let labels = set
+        .labels()
+        .map(<[i64]>::to_vec)
+        .ok_or_else(|| anyhow::anyhow!("evaluation needs labels, but split {:?} of {} has none", corpus.split, show(&corpus.spec.source)))?;
+    let samples = set.into_samples(&corpus.spec, false);
+    let (correct, total, skipped) = if args.model.extension().is_some_and(|e| e == "onnx") {
         let mut teacher = Teacher::open(&args.model, 2, &TeacherOverrides::default(), None)?;
         if teacher.class_names.len() != corpus.spec.num_classes() {
             anyhow::bail!(
@@ -227,7 +241,7 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
                 corpus.spec.num_classes()
             );
         }
-        teacher.accuracy(&set, args.batch_size)?
+        teacher.accuracy(samples, &labels, args.batch_size, args.workers)?
     } else {
         let device = args.device.device()?;
         let fallback = args.foreign.fallback(Some(&corpus.spec))?;
@@ -242,10 +256,17 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         }
         let p = &loaded.meta.preprocess;
         let normalize = selftrain_data::loader::Normalize { mean: p.mean.clone(), std: p.std.clone() };
-        let e = selftrain_train::evaluate(&loaded.model, &set, &normalize, args.batch_size, device)?;
-        (e.correct, e.total)
+        let e = selftrain_train::evaluate(&loaded.model, samples, &labels, &normalize, args.batch_size, args.workers, device)?;
+        (e.correct, e.total, e.skipped)
     };
-    println!("accuracy: {:.4} ({correct}/{total}) on {} {}", correct as f64 / total.max(1) as f64, corpus.split, corpus.subset);
+    let skipped = skipped + skipped_listing.len();
+    let note = if skipped > 0 { format!(", {skipped} image(s) skipped") } else { String::new() };
+    println!(
+        "accuracy: {:.4} ({correct}/{total}) on {} {}{note}",
+        correct as f64 / total.max(1) as f64,
+        corpus.split,
+        corpus.subset
+    );
     Ok(())
 }
 
@@ -316,6 +337,86 @@ pub fn model(command: &ModelCommand) -> anyhow::Result<()> {
             st.multiply_adds as f64 / 1e6,
             st.stochastic_depth
         );
+    }
+    Ok(())
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DataCommand {
+    /// Write a PNG grid of images as the trainer sees them (after the
+    /// augmentation), to look at the noise rather than read about it.
+    Preview(PreviewArgs),
+    /// Build a corpus from a data set's images, re-encoded at any size and
+    /// count, as a folder (class subfolders or flat) or WebDataset tar shards.
+    Synth(SynthArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PreviewArgs {
+    #[command(flatten)]
+    pub corpus: CorpusArgs,
+    /// none, flip-crop or randaugment:N:M.
+    #[arg(long, default_value = "randaugment:2:15")]
+    pub augment: selftrain_data::augment::Augment,
+    /// Images in the grid.
+    #[arg(long, default_value_t = 64)]
+    pub count: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// The PNG file to write.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SynthArgs {
+    #[command(flatten)]
+    pub corpus: CorpusArgs,
+    /// Images to write (the source images repeat as needed).
+    #[arg(long)]
+    pub count: usize,
+    /// Side of the written images in pixels (bicubic resize).
+    #[arg(long, default_value_t = 224)]
+    pub size: u32,
+    /// folder (class subfolders), flat (unlabelled folder) or tar.
+    #[arg(long, default_value = "flat", value_parser = ["folder", "flat", "tar"])]
+    pub layout: String,
+    /// Samples per tar shard.
+    #[arg(long, default_value_t = 1000)]
+    pub per_shard: usize,
+    /// jpeg or png.
+    #[arg(long, default_value = "jpeg", value_parser = ["jpeg", "png"])]
+    pub encoding: String,
+    #[arg(long, default_value_t = 90)]
+    pub jpeg_quality: u8,
+    /// Output folder.
+    #[arg(long)]
+    pub out: PathBuf,
+}
+
+pub fn data(command: &DataCommand) -> anyhow::Result<()> {
+    use selftrain_data::synth::{Encoding, Layout, preview_grid, synthesise};
+    match command {
+        DataCommand::Preview(a) => {
+            let corpus = Corpus::new(&a.corpus.spec, &a.corpus.split, a.corpus.subset)?;
+            let (all, _) = Split::open(&corpus.spec, &corpus.split, &|_| true)?;
+            let set = all.select(&corpus.subset.rows_of(all.labels(), all.len())?);
+            let train = a.augment != selftrain_data::augment::Augment::None;
+            let (n, w, h) = preview_grid(set.into_samples(&corpus.spec, train).as_ref(), a.count, a.augment, a.seed, &a.out)?;
+            println!("wrote {} ({n} images, {w}x{h} px, augment {})", show(&a.out), a.augment);
+        }
+        DataCommand::Synth(a) => {
+            let corpus = Corpus::new(&a.corpus.spec, &a.corpus.split, a.corpus.subset)?;
+            let set = corpus.subset.apply(&ImageSet::load_split(&corpus.spec, &corpus.split)?)?;
+            let encoding = if a.encoding == "png" { Encoding::Png } else { Encoding::Jpeg { quality: a.jpeg_quality } };
+            let layout = match a.layout.as_str() {
+                "folder" => Layout::ClassFolders,
+                "tar" => Layout::Tar { per_shard: a.per_shard },
+                _ => Layout::Flat,
+            };
+            let r = synthesise(&set, &corpus.spec.classes, a.count, a.size, encoding, layout, &a.out)?;
+            println!("wrote {} images in {} files ({} bytes) under {}", r.images, r.files, r.bytes, show(&a.out));
+        }
     }
     Ok(())
 }

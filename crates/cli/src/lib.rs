@@ -3,7 +3,7 @@
 //! logs and progress bars on stderr.
 
 mod bench;
-mod commands;
+pub mod commands;
 mod pipeline;
 mod progress;
 mod stages;
@@ -52,6 +52,9 @@ pub enum Command {
     /// Inspect ResNet-RS models.
     #[command(subcommand)]
     Model(commands::ModelCommand),
+    /// Look at and build image corpora.
+    #[command(subcommand)]
+    Data(commands::DataCommand),
     /// Throughput measurements used by the scripts in benches/.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -126,6 +129,7 @@ pub fn main() -> ExitCode {
         Command::Run(a) => pipeline::run(a, &bars),
         Command::Model(m) => commands::model(m),
         Command::Bench(b) => bench::bench(b),
+        Command::Data(d) => commands::data(d),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

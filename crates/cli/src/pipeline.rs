@@ -89,6 +89,12 @@ pub struct PipelineData {
     /// The unlabelled corpus (default: the rest of the train split).
     #[serde(default)]
     pub unlabelled: Option<Subset>,
+    /// Corpus formats: training crop size (default: the spec's size).
+    #[serde(default)]
+    pub train_resolution: Option<usize>,
+    /// Corpus formats: evaluation and labelling size (default: the spec's).
+    #[serde(default)]
+    pub test_resolution: Option<usize>,
 }
 
 fn train_split() -> String {
@@ -131,6 +137,9 @@ pub struct LabelStage {
     pub topk: usize,
     #[serde(default = "threads")]
     pub threads: usize,
+    /// Loader threads decoding and preparing batches.
+    #[serde(default = "threads")]
+    pub workers: usize,
 }
 
 fn batch() -> usize {
@@ -185,6 +194,8 @@ impl PipelineFile {
                 train_split: self.data.train_split.clone(),
                 subset: self.data.labelled,
                 test_split: self.data.test_split.clone(),
+                train_resolution: self.data.train_resolution,
+                test_resolution: self.data.test_resolution,
             },
             optim: stage.1.clone(),
             pseudo,
@@ -345,6 +356,7 @@ pub fn run(args: &RunArgs, bars: &Bars) -> anyhow::Result<()> {
             batch_size: p.label.batch_size,
             topk: p.label.topk,
             threads: p.label.threads,
+            workers: p.label.workers,
             force: args.force,
             ort_library: None,
         };
@@ -365,7 +377,7 @@ pub fn run(args: &RunArgs, bars: &Bars) -> anyhow::Result<()> {
             let r = stages::filter(&shard_dir, &filtered_out, &p.filter)?;
             Ok(r.classes.iter().map(|c| (c.class.clone(), c.kept, c.duplicates)).collect::<Vec<_>>())
         })?;
-        let (_, truth) = corpus.load_unlabelled()?;
+        let (_, truth, _) = corpus.open(&|_| true)?;
         let accuracy = selftrain_filter::pseudo_label_accuracy(&shard_dir, &filtered, &truth)?;
         // Student.
         let student_dir = dir.join("student");

@@ -6,7 +6,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use selftrain_data::atomic::write_atomic;
-use selftrain_data::{DataSpec, ImageSet, Progress, Subset};
+use selftrain_data::corpus::Skipped;
+use selftrain_data::subset::shard_of;
+use selftrain_data::{DataSpec, Progress, Split, Subset};
 use selftrain_filter::{FilterConfig, FilterReport};
 use selftrain_label::{LabelConfig, ShardOutcome, Teacher, TeacherOverrides};
 use selftrain_data::schema::model_meta::Preprocess;
@@ -42,15 +44,30 @@ impl Corpus {
         serde_json::json!({"spec": self.spec.name, "split": self.split, "subset": self.subset.to_string()}).to_string()
     }
 
-    /// The corpus images without labels, and the true labels held back by
-    /// image id (empty when the split has none).
-    pub fn load_unlabelled(&self) -> anyhow::Result<(ImageSet, HashMap<String, i64>)> {
-        let set = self.subset.apply(&ImageSet::load_split(&self.spec, &self.split)?)?;
-        let truth = match &set.labels {
-            Some(labels) => set.ids.iter().cloned().zip(labels.iter().copied()).collect(),
+    /// The corpus without labels, listed (images are decoded later, by the
+    /// loader, for corpus formats), the true labels held back by image id
+    /// (empty when the split has none), and records of the samples already
+    /// known to be unusable. Only images whose id `keep` accepts are kept;
+    /// a subset other than `all` needs every label, so it lists the whole
+    /// split first.
+    pub fn open(&self, keep: &dyn Fn(&str) -> bool) -> anyhow::Result<(Split, HashMap<String, i64>, Vec<Skipped>)> {
+        let (split, skipped) = if self.subset == Subset::All {
+            Split::open(&self.spec, &self.split, keep)?
+        } else {
+            let (all, skipped) = Split::open(&self.spec, &self.split, &|_| true)?;
+            let rows: Vec<usize> = self
+                .subset
+                .rows_of(all.labels(), all.len())?
+                .into_iter()
+                .filter(|&r| keep(&all.ids()[r]))
+                .collect();
+            (all.select(&rows), skipped.into_iter().filter(|s| keep(&s.id)).collect())
+        };
+        let truth = match split.labels() {
+            Some(labels) => split.ids().iter().cloned().zip(labels.iter().copied()).collect(),
             None => HashMap::new(),
         };
-        Ok((set.without_labels(), truth))
+        Ok((split.without_labels(), truth, skipped))
     }
 }
 
@@ -153,6 +170,8 @@ pub struct LabelJob {
     pub batch_size: usize,
     pub topk: usize,
     pub threads: usize,
+    /// Loader threads decoding and preparing batches.
+    pub workers: usize,
     pub force: bool,
     pub ort_library: Option<PathBuf>,
 }
@@ -181,11 +200,17 @@ pub fn label(job: &LabelJob, progress: &dyn Progress) -> anyhow::Result<Vec<Shar
             job.corpus.spec.num_classes()
         );
     }
-    let (images, _) = job.corpus.load_unlabelled()?;
     let shards: Vec<usize> = match job.shard_index {
         Some(i) => vec![i],
         None => (0..job.num_shards).collect(),
     };
+    let n = job.num_shards;
+    if let Some(bad) = shards.iter().find(|&&i| i >= n) {
+        anyhow::bail!("shard index {bad} is out of range: expected 0 <= index < num_shards ({n})");
+    }
+    // Listing only: the loader's workers decode each shard's images.
+    let (split, _, skipped) = job.corpus.open(&|id| shards.contains(&shard_of(id, n)))?;
+    let images = split.resized(teacher.preprocess.height, teacher.preprocess.width).into_samples(&job.corpus.spec, false);
     let mut outcomes = Vec::new();
     for index in shards {
         let config = LabelConfig {
@@ -194,16 +219,25 @@ pub fn label(job: &LabelJob, progress: &dyn Progress) -> anyhow::Result<Vec<Shar
             batch_size: job.batch_size,
             topk: job.topk,
             force: job.force,
-            workers: 1,
+            workers: job.workers.max(1),
         };
-        outcomes.push(selftrain_label::label_shard(
+        let outcome = selftrain_label::label_shard(
             &mut teacher,
-            &images,
+            images.clone(),
+            &skipped,
             &job.corpus.description(),
             &job.out_dir,
             &config,
             progress,
-        )?);
+        )?;
+        if outcome.skipped > 0 {
+            tracing::warn!(
+                "shard {index}: {} image(s) skipped, listed in {}",
+                outcome.skipped,
+                job.out_dir.join(selftrain_label::skipped_file_name(index, n)).display()
+            );
+        }
+        outcomes.push(outcome);
     }
     Ok(outcomes)
 }

@@ -307,12 +307,20 @@ pub enum Augment {
 impl Augment {
     /// Augments one image in place.
     pub fn apply(&self, img: &mut ImageMut<'_>, rng: &mut impl Rng) {
+        self.apply_with(img, rng, true);
+    }
+
+    /// Augments one image in place; `pad_crop: false` leaves out the
+    /// pad-and-crop (the image already came from a random resized crop).
+    pub fn apply_with(&self, img: &mut ImageMut<'_>, rng: &mut impl Rng, pad_crop: bool) {
         if *self == Augment::None {
             return;
         }
-        // Pad by an eighth of the side, as CIFAR-style training does (4 of 32).
-        let pad = (img.height.min(img.width) / 8).max(1);
-        pad_and_crop(img, pad, rng);
+        if pad_crop {
+            // Pad by an eighth of the side, as CIFAR-style training does (4 of 32).
+            let pad = (img.height.min(img.width) / 8).max(1);
+            pad_and_crop(img, pad, rng);
+        }
         if rng.random_bool(0.5) {
             flip_horizontal(img);
         }

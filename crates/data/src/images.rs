@@ -21,9 +21,41 @@ pub struct ImageSet {
 }
 
 impl ImageSet {
-    /// Loads a split of a data set described by `spec`.
+    /// Loads a split of a data set described by `spec`. Images that cannot
+    /// be used are left out with a warning; use
+    /// [`ImageSet::load_split_filtered`] to get their records.
     pub fn load_split(spec: &DataSpec, split: &str) -> Result<Self, DataError> {
+        let (set, skipped) = Self::load_split_filtered(spec, split, &|_| true)?;
+        if let Some(first) = skipped.first() {
+            tracing::warn!(
+                "{} image(s) of split {split:?} skipped; first: {} at {}: {}",
+                skipped.len(),
+                first.id,
+                first.location,
+                first.reason
+            );
+        }
+        Ok(set)
+    }
+
+    /// Loads the images of a split whose id `keep` accepts (decided before
+    /// any pixel is read, for corpus formats), with a record of each image
+    /// that was skipped.
+    pub fn load_split_filtered(
+        spec: &DataSpec,
+        split: &str,
+        keep: &dyn Fn(&str) -> bool,
+    ) -> Result<(Self, Vec<crate::corpus::Skipped>), DataError> {
         let files = spec.split(split)?;
+        if spec.format != Format::Idx {
+            return crate::corpus::load(spec, split, files, keep);
+        }
+        let set = Self::load_idx(spec, split, files)?;
+        let rows: Vec<usize> = (0..set.len()).filter(|&r| keep(&set.ids[r])).collect();
+        Ok((if rows.len() == set.len() { set } else { set.select(&rows) }, Vec::new()))
+    }
+
+    fn load_idx(spec: &DataSpec, split: &str, files: &crate::spec::SplitFiles) -> Result<Self, DataError> {
         match spec.format {
             Format::Idx => {
                 let image_path = spec.file(&files.images)?;
@@ -77,6 +109,7 @@ impl ImageSet {
                     width: spec.width,
                 })
             }
+            _ => unreachable!("corpus formats are read by corpus::load"),
         }
     }
 

@@ -9,17 +9,21 @@
 
 pub mod atomic;
 pub mod augment;
+pub mod corpus;
 pub mod error;
 pub mod idx;
 pub mod images;
 pub mod loader;
 pub mod progress;
+pub mod samples;
 pub mod schema;
 pub mod spec;
 pub mod subset;
+pub mod synth;
 
 pub use error::DataError;
 pub use images::ImageSet;
 pub use progress::{NoProgress, Progress};
+pub use samples::{Samples, Split};
 pub use spec::DataSpec;
 pub use subset::Subset;

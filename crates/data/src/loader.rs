@@ -1,6 +1,8 @@
-//! A parallel batch loader: worker threads augment and normalise batches
-//! ahead of the consumer through a bounded queue, and the loader records how
-//! long the consumer waited for data.
+//! A parallel batch loader: worker threads decode (for encoded corpora),
+//! crop, augment and normalise batches ahead of the consumer through a
+//! bounded queue, and the loader records how long the consumer waited for
+//! data. An image that cannot be decoded leaves its batch with the reason;
+//! the batch carries on without it.
 //!
 //! Which rows form which batch is the caller's decision (the trainer mixes
 //! labelled and pseudo-labelled rows); the loader only produces pixels.
@@ -18,6 +20,7 @@ use rand_chacha::ChaCha8Rng;
 
 use crate::augment::{Augment, ImageMut};
 use crate::images::ImageSet;
+use crate::samples::Samples;
 
 /// Per-channel normalisation of `[0, 1]`-scaled pixels.
 #[derive(Debug, Clone, PartialEq)]
@@ -66,10 +69,13 @@ pub struct LoaderConfig {
 /// One batch: the rows it holds and their pixels as NCHW `f32`.
 #[derive(Debug, Clone)]
 pub struct Batch {
+    /// Rows whose images are in `pixels`, in order.
     pub rows: Vec<usize>,
     pub pixels: Vec<f32>,
-    /// `[n, channels, height, width]`
+    /// `[n, channels, height, width]`, `n = rows.len()`.
     pub shape: [usize; 4],
+    /// Rows asked for but left out, with the reason.
+    pub failed: Vec<(usize, String)>,
 }
 
 /// Iterator over prepared batches, in the order they were asked for.
@@ -83,7 +89,7 @@ pub struct Loader {
 
 impl Loader {
     /// Starts workers preparing `batches` (lists of rows of `set`).
-    pub fn start(set: Arc<ImageSet>, batches: Vec<Vec<usize>>, normalize: Normalize, config: &LoaderConfig) -> Loader {
+    pub fn start(set: Arc<dyn Samples>, batches: Vec<Vec<usize>>, normalize: Normalize, config: &LoaderConfig) -> Loader {
         let total = batches.len();
         let (sender, receiver) = sync_channel(config.prefetch.max(1));
         let batches = Arc::new(batches);
@@ -95,7 +101,7 @@ impl Loader {
                 loop {
                     let index = cursor.fetch_add(1, Ordering::Relaxed);
                     let Some(rows) = batches.get(index) else { break };
-                    let batch = prepare(&set, rows, &normalize, augment, seed, index);
+                    let batch = prepare(set.as_ref(), rows, &normalize, augment, seed, index);
                     if sender.send((index, batch)).is_err() {
                         break; // the loader was dropped
                     }
@@ -111,18 +117,28 @@ impl Loader {
     }
 }
 
-fn prepare(set: &ImageSet, rows: &[usize], normalize: &Normalize, augment: Augment, seed: u64, index: usize) -> Batch {
-    let size = set.image_size();
+/// Prepares one batch: decode or copy, crop, augment, normalise.
+pub fn prepare(set: &dyn Samples, rows: &[usize], normalize: &Normalize, augment: Augment, seed: u64, index: usize) -> Batch {
+    let [channels, height, width] = set.shape();
+    let size = channels * height * width;
     let mut pixels = vec![0f32; rows.len() * size];
     let mut rng = ChaCha8Rng::seed_from_u64(seed ^ (index as u64 + 1).wrapping_mul(0xA076_1D64_78BD_642F));
     let mut scratch = vec![0u8; size];
-    for (k, &r) in rows.iter().enumerate() {
-        scratch.copy_from_slice(set.image(r));
-        let mut img = ImageMut { pixels: &mut scratch, channels: set.channels, height: set.height, width: set.width };
-        augment.apply(&mut img, &mut rng);
-        normalize.apply(&scratch, set.channels, &mut pixels[k * size..(k + 1) * size]);
+    let (mut kept, mut failed) = (Vec::with_capacity(rows.len()), Vec::new());
+    let pad_crop = !set.random_crops();
+    for &r in rows {
+        if let Err(reason) = set.fill(r, &mut rng, &mut scratch) {
+            failed.push((r, reason));
+            continue;
+        }
+        let mut img = ImageMut { pixels: &mut scratch, channels, height, width };
+        augment.apply_with(&mut img, &mut rng, pad_crop);
+        let k = kept.len();
+        normalize.apply(&scratch, channels, &mut pixels[k * size..(k + 1) * size]);
+        kept.push(r);
     }
-    Batch { rows: rows.to_vec(), pixels, shape: [rows.len(), set.channels, set.height, set.width] }
+    pixels.truncate(kept.len() * size);
+    Batch { shape: [kept.len(), channels, height, width], rows: kept, pixels, failed }
 }
 
 impl Iterator for Loader {
@@ -173,7 +189,7 @@ mod tests {
 
     #[test]
     fn batches_come_in_order_and_do_not_depend_on_worker_count() {
-        let s = Arc::new(set(50));
+        let s: Arc<dyn Samples> = Arc::new(set(50));
         let batches: Vec<Vec<usize>> = (0..10).map(|b| (b * 5..b * 5 + 5).rev().collect()).collect();
         let norm = Normalize { mean: vec![0.0], std: vec![1.0] };
         let run = |workers| {

@@ -36,6 +36,7 @@ pub const META_SHARD_INDEX: &str = "selftrain.shard_index";
 pub const META_NUM_SHARDS: &str = "selftrain.num_shards";
 pub const META_NUM_ROWS: &str = "selftrain.num_rows";
 pub const META_TOPK: &str = "selftrain.topk";
+pub const META_SKIPPED_ROWS: &str = "selftrain.skipped_rows";
 pub const META_FILTER: &str = "selftrain.filter";
 
 /// File name of shard `index` of `num_shards`.
@@ -65,6 +66,9 @@ pub struct ShardMeta {
     pub num_shards: usize,
     pub num_rows: usize,
     pub topk: usize,
+    /// Images of the shard that could not be used (absent in older files:
+    /// read as 0).
+    pub skipped_rows: usize,
 }
 
 impl ShardMeta {
@@ -82,6 +86,7 @@ impl ShardMeta {
             (META_NUM_SHARDS.into(), self.num_shards.to_string()),
             (META_NUM_ROWS.into(), self.num_rows.to_string()),
             (META_TOPK.into(), self.topk.to_string()),
+            (META_SKIPPED_ROWS.into(), self.skipped_rows.to_string()),
         ]
     }
 
@@ -117,6 +122,7 @@ impl ShardMeta {
             num_shards: number(META_NUM_SHARDS)?,
             num_rows: number(META_NUM_ROWS)?,
             topk: number(META_TOPK)?,
+            skipped_rows: if pairs.contains_key(META_SKIPPED_ROWS) { number(META_SKIPPED_ROWS)? } else { 0 },
         })
     }
 }
@@ -144,6 +150,7 @@ mod tests {
             num_shards: 4,
             num_rows: 10,
             topk: 2,
+            skipped_rows: 1,
         };
         let pairs: BTreeMap<String, String> = meta.to_pairs().into_iter().collect();
         assert_eq!(ShardMeta::from_pairs("f", &pairs).unwrap(), meta);

@@ -13,11 +13,19 @@ use crate::error::DataError;
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SplitFiles {
-    /// IDX image file (`.gz` or raw), relative to the spec's root.
+    /// `idx`: the image file (`.gz` or raw). `folder`: the split's folder.
+    /// `tar`: a `.tar` file or a folder of them. `parquet`: a `.parquet` file
+    /// or a folder of them. Relative to the spec's root.
     pub images: PathBuf,
-    /// IDX label file; absent for an unlabelled split.
+    /// `idx` only: the label file; absent for an unlabelled split.
     #[serde(default)]
     pub labels: Option<PathBuf>,
+    /// `folder`: images sit in one subfolder per class (`true`, ImageNet's
+    /// layout) or directly in the folder, unlabelled (`false`).
+    /// `tar`/`parquet`: read labels (`.cls`/`.json` members; the label
+    /// column) when present.
+    #[serde(default)]
+    pub labelled: Option<bool>,
 }
 
 /// Storage format of a data set.
@@ -26,6 +34,36 @@ pub struct SplitFiles {
 pub enum Format {
     /// The MNIST family's IDX files, optionally gzip'd.
     Idx,
+    /// Image files (JPEG, PNG) in a folder, in class subfolders or flat.
+    Folder,
+    /// WebDataset-style tar shards: members sharing a basename form a sample
+    /// (`key.jpg` + `key.cls` or `key.json`).
+    Tar,
+    /// Parquet with an image-bytes column (binary, or Hugging Face's struct
+    /// with a `bytes` field) and optional label and id columns.
+    Parquet,
+}
+
+/// Column names of a Parquet corpus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetColumns {
+    #[serde(default = "image_column")]
+    pub image: String,
+    #[serde(default)]
+    pub label: Option<String>,
+    #[serde(default)]
+    pub id: Option<String>,
+}
+
+fn image_column() -> String {
+    "image".into()
+}
+
+impl Default for ParquetColumns {
+    fn default() -> Self {
+        ParquetColumns { image: image_column(), label: None, id: None }
+    }
 }
 
 /// A data set description, as written in `data-specs/*.toml`.
@@ -52,9 +90,36 @@ pub struct DataSpec {
     pub std: Vec<f32>,
     pub classes: Vec<String>,
     pub splits: BTreeMap<String, SplitFiles>,
+    /// `parquet` format: which columns hold what.
+    #[serde(default)]
+    pub columns: ParquetColumns,
+    /// Evaluation and labelling crop of decoded images (corpus formats):
+    /// the short side is resized to `size / crop_fraction` and the centre
+    /// `height` x `width` taken, bicubic. 1.0 keeps the whole short side;
+    /// ImageNet practice is 0.875.
+    #[serde(default = "one")]
+    pub crop_fraction: f32,
+    /// Training crop: `pad-crop` (pad by an eighth and crop back at random,
+    /// for small images already at size) or `random-resized` (a random 8%
+    /// to 100% of the image at aspect 3/4..4/3, resized to size; ImageNet's).
+    #[serde(default)]
+    pub train_crop: TrainCrop,
     /// Where the spec was read from (not part of the file).
     #[serde(skip)]
     pub source: PathBuf,
+}
+
+fn one() -> f32 {
+    1.0
+}
+
+/// How training images are cropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainCrop {
+    #[default]
+    PadCrop,
+    RandomResized,
 }
 
 impl DataSpec {
@@ -96,8 +161,23 @@ impl DataSpec {
         if self.std.iter().any(|s| *s <= 0.0) {
             return Err(self.spec_error("key `std`: expected positive values"));
         }
+        if !(self.crop_fraction > 0.0 && self.crop_fraction <= 1.0) {
+            return Err(self.spec_error(format!(
+                "key `crop_fraction`: expected a value in (0, 1], found {}",
+                self.crop_fraction
+            )));
+        }
+        if self.format == Format::Idx && self.train_crop == TrainCrop::RandomResized {
+            return Err(self.spec_error(
+                "key `train_crop`: `random-resized` needs a corpus format (folder, tar, parquet); IDX images are used at their stored size",
+            ));
+        }
         if self.classes.len() < 2 {
             return Err(self.spec_error("key `classes`: expected at least two class names"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(dup) = self.classes.iter().find(|c| !seen.insert(c.as_str())) {
+            return Err(self.spec_error(format!("key `classes`: {dup:?} appears more than once")));
         }
         if self.splits.is_empty() {
             return Err(self.spec_error("key `splits`: expected at least one split"));
@@ -137,8 +217,17 @@ impl DataSpec {
     /// Resolves a file of the data set, failing with the install hint when it
     /// is absent.
     pub fn file(&self, relative: &Path) -> Result<PathBuf, DataError> {
+        self.existing(relative, false)
+    }
+
+    /// Resolves a file or folder of the data set (corpus formats).
+    pub fn file_or_dir(&self, relative: &Path) -> Result<PathBuf, DataError> {
+        self.existing(relative, true)
+    }
+
+    fn existing(&self, relative: &Path, dir_ok: bool) -> Result<PathBuf, DataError> {
         let path = self.root_dir().join(relative);
-        if path.is_file() {
+        if path.is_file() || (dir_ok && path.is_dir()) {
             return Ok(path);
         }
         let mut hint = format!("data set {:?} from spec {}", self.name, self.source.display());

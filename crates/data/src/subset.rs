@@ -27,18 +27,25 @@ pub enum Subset {
 impl Subset {
     /// Row indices of `set` in this subset, in storage order.
     pub fn rows(&self, set: &ImageSet) -> Result<Vec<usize>, DataError> {
+        self.rows_of(set.labels.as_deref(), set.len())
+    }
+
+    /// Row indices of a split of `len` rows with these labels.
+    pub fn rows_of(&self, labels: Option<&[i64]>, len: usize) -> Result<Vec<usize>, DataError> {
         let (per_class, seed, labelled) = match *self {
-            Subset::All => return Ok((0..set.len()).collect()),
+            Subset::All => return Ok((0..len).collect()),
             Subset::Labelled { per_class, seed } => (per_class, seed, true),
             Subset::Unlabelled { per_class, seed } => (per_class, seed, false),
         };
-        let labels = set.require_labels("choosing a labelled subset")?;
+        let labels = labels.ok_or_else(|| {
+            DataError::Invalid("choosing a labelled subset needs labelled images, but this set has no labels".into())
+        })?;
         let num_classes = labels.iter().copied().max().map_or(0, |m| m as usize + 1);
         let mut by_class: Vec<Vec<usize>> = vec![Vec::new(); num_classes];
         for (row, &label) in labels.iter().enumerate() {
             by_class[label as usize].push(row);
         }
-        let mut chosen = vec![false; set.len()];
+        let mut chosen = vec![false; len];
         for (class, rows) in by_class.iter_mut().enumerate() {
             if rows.len() < per_class {
                 return Err(DataError::Subset {
@@ -54,7 +61,7 @@ impl Subset {
                 chosen[row] = true;
             }
         }
-        Ok((0..set.len()).filter(|&r| chosen[r] == labelled).collect())
+        Ok((0..len).filter(|&r| chosen[r] == labelled).collect())
     }
 
     /// The images of this subset.

@@ -12,5 +12,5 @@ mod shard;
 mod teacher;
 
 pub use error::LabelError;
-pub use shard::{LabelConfig, ShardOutcome, label_shard, read_shard_meta};
+pub use shard::{LabelConfig, ShardOutcome, label_shard, read_shard_meta, skipped_file_name};
 pub use teacher::{Teacher, TeacherOverrides, init_runtime};

@@ -16,7 +16,9 @@ use parquet::file::reader::{FileReader, SerializedFileReader};
 use selftrain_data::atomic::AtomicFile;
 use selftrain_data::loader::{Loader, LoaderConfig, Normalize};
 use selftrain_data::schema::{self, ShardMeta};
-use selftrain_data::{ImageSet, Progress, subset};
+use selftrain_data::corpus::Skipped;
+use selftrain_data::subset::shard_of;
+use selftrain_data::{Progress, Samples};
 
 use crate::error::LabelError;
 use crate::teacher::Teacher;
@@ -46,6 +48,9 @@ pub struct ShardOutcome {
     pub images_per_second: f64,
     /// Seconds inference waited for prepared batches.
     pub input_wait_seconds: f64,
+    /// Images of this shard that could not be used, listed in
+    /// [`skipped_file_name`] beside the shard.
+    pub skipped: usize,
 }
 
 /// The Arrow schema of a shard (see `data-specs/shard-schema.md`).
@@ -75,12 +80,22 @@ pub fn read_shard_meta(path: &Path) -> Result<ShardMeta, LabelError> {
     Ok(ShardMeta::from_pairs(&path.display().to_string(), &pairs)?)
 }
 
+/// `part-XXXXX-of-YYYYY.skipped.jsonl`: one JSON object per image of the
+/// shard that could not be used (`id`, `location`, `reason`).
+pub fn skipped_file_name(index: usize, num_shards: usize) -> String {
+    schema::shard_file_name(index, num_shards).replace(".parquet", ".skipped.jsonl")
+}
+
 /// Labels the rows of `corpus` that fall in the configured shard and writes
 /// `out_dir/part-XXXXX-of-YYYYY.parquet`. `corpus_description` (JSON) is
 /// recorded in the metadata and used to recognise a finished shard.
+/// `known_skipped` are samples of the corpus already found unusable when it
+/// was listed; with the images that fail to decode here, those of this shard
+/// are written to [`skipped_file_name`] and counted in the outcome.
 pub fn label_shard(
     teacher: &mut Teacher,
-    corpus: &ImageSet,
+    corpus: Arc<dyn Samples>,
+    known_skipped: &[Skipped],
     corpus_description: &str,
     out_dir: &Path,
     config: &LabelConfig,
@@ -88,41 +103,60 @@ pub fn label_shard(
 ) -> Result<ShardOutcome, LabelError> {
     let started = Instant::now();
     let path = out_dir.join(schema::shard_file_name(config.shard_index, config.num_shards));
-    let rows = subset::shard_rows(corpus, config.shard_index, config.num_shards)?;
+    let skipped_path = out_dir.join(skipped_file_name(config.shard_index, config.num_shards));
+    if config.num_shards == 0 || config.shard_index >= config.num_shards {
+        return Err(LabelError::Data(selftrain_data::DataError::Invalid(format!(
+            "shard index {} is out of range: expected 0 <= index < num_shards ({})",
+            config.shard_index, config.num_shards
+        ))));
+    }
+    let in_shard = |id: &str| shard_of(id, config.num_shards) == config.shard_index;
+    let rows: Vec<usize> = (0..corpus.len()).filter(|&r| in_shard(corpus.id(r))).collect();
+    let mut skipped: Vec<Skipped> = known_skipped.iter().filter(|s| in_shard(&s.id)).cloned().collect();
     let p = &teacher.preprocess;
-    if (corpus.channels, corpus.height, corpus.width) != (p.channels, p.height, p.width) {
+    let [c, h, w] = corpus.shape();
+    if [c, h, w] != [p.channels, p.height, p.width] {
         return Err(LabelError::Teacher {
             path: teacher.path.clone(),
             message: format!(
-                "expects {}x{}x{} images, the corpus has {}x{}x{}",
-                p.channels, p.height, p.width, corpus.channels, corpus.height, corpus.width
+                "expects {}x{}x{} images, the corpus has {c}x{h}x{w}",
+                p.channels, p.height, p.width
             ),
         });
     }
     let topk = config.topk.clamp(1, teacher.class_names.len());
-    let meta = ShardMeta {
+    // `num_rows` is the listed count here; the file's own count (rows that
+    // decoded) is written at the end, with the skipped count.
+    let mut meta = ShardMeta {
         teacher: teacher.identity.clone(),
         teacher_sha256: teacher.sha256.clone(),
         class_names: teacher.class_names.clone(),
         corpus: corpus_description.to_string(),
         shard_index: config.shard_index,
         num_shards: config.num_shards,
-        num_rows: rows.len(),
+        num_rows: rows.len() + skipped.len(),
         topk,
+        skipped_rows: 0,
     };
 
     if path.exists() && !config.force {
         let existing = read_shard_meta(&path);
         match existing {
-            Ok(existing) if existing == meta => {
+            // The same job: same teacher, corpus, shard, and the same number
+            // of listed samples (rows written plus rows skipped).
+            Ok(existing)
+                if ShardMeta { num_rows: existing.num_rows + existing.skipped_rows, skipped_rows: 0, ..existing.clone() }
+                    == meta =>
+            {
                 progress.finish(&format!("{} already complete, kept", path.display()));
                 return Ok(ShardOutcome {
                     path,
-                    rows: rows.len(),
+                    rows: existing.num_rows,
                     reused: true,
                     seconds: started.elapsed().as_secs_f64(),
                     images_per_second: 0.0,
                     input_wait_seconds: 0.0,
+                    skipped: existing.skipped_rows,
                 });
             }
             Ok(existing) => {
@@ -149,7 +183,13 @@ pub fn label_shard(
     let properties = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::default()))
         .set_max_row_group_row_count(Some(65_536))
-        .set_key_value_metadata(Some(meta.to_pairs().into_iter().map(|(k, v)| KeyValue::new(k, v)).collect()))
+        .set_key_value_metadata(Some(
+            meta.to_pairs()
+                .into_iter()
+                .filter(|(k, _)| k != schema::META_NUM_ROWS && k != schema::META_SKIPPED_ROWS)
+                .map(|(k, v)| KeyValue::new(k, v))
+                .collect(),
+        ))
         .build();
     let out = AtomicFile::create(&path)?;
     let write_error = |e: parquet::errors::ParquetError| LabelError::Shard { path: path.clone(), message: e.to_string() };
@@ -160,13 +200,22 @@ pub fn label_shard(
     let normalize = Normalize { mean: p.mean.clone(), std: p.std.clone() };
     let loader_config =
         LoaderConfig { workers: config.workers.max(1), prefetch: 4, augment: selftrain_data::augment::Augment::None, seed: 0 };
-    let mut loader = Loader::start(Arc::new(corpus.clone()), batches, normalize, &loader_config);
+    let mut loader = Loader::start(corpus.clone(), batches, normalize, &loader_config);
     let k = teacher.class_names.len();
     progress.begin(&format!("label shard {}/{}", config.shard_index, config.num_shards), rows.len() as u64);
     let mut inference_started = None;
+    let mut written = 0;
     for batch in loader.by_ref() {
         inference_started.get_or_insert_with(Instant::now);
+        for (row, reason) in &batch.failed {
+            skipped.push(Skipped { id: corpus.id(*row).to_string(), location: corpus.location(*row), reason: reason.clone() });
+        }
+        progress.advance(batch.failed.len() as u64);
         let n = batch.rows.len();
+        if n == 0 {
+            continue;
+        }
+        written += n;
         let probs = teacher.predict(batch.pixels, n)?;
         let mut ids = StringBuilder::new();
         let mut labels = Int32Builder::with_capacity(n);
@@ -179,7 +228,7 @@ pub fn label_shard(
             let mut order: Vec<usize> = (0..k).collect();
             // Most probable first; ties keep the lower class index first.
             order.sort_by(|&a, &b| dist[b].total_cmp(&dist[a]).then(a.cmp(&b)));
-            ids.append_value(&corpus.ids[row]);
+            ids.append_value(corpus.id(row));
             labels.append_value(order[0] as i32);
             confidence.append_value(dist[order[0]]);
             for &c in &order[..topk] {
@@ -203,23 +252,46 @@ pub fn label_shard(
         writer.write(&record).map_err(write_error)?;
         progress.advance(n as u64);
     }
+    meta.num_rows = written;
+    meta.skipped_rows = skipped.len();
+    writer.append_key_value_metadata(KeyValue::new(schema::META_NUM_ROWS.to_string(), written.to_string()));
+    writer.append_key_value_metadata(KeyValue::new(schema::META_SKIPPED_ROWS.to_string(), skipped.len().to_string()));
     writer.close().map_err(write_error)?;
+    // The record of skipped images first, then the shard: a shard on disk
+    // always has its record beside it.
+    if skipped.is_empty() {
+        match std::fs::remove_file(&skipped_path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(LabelError::Data(selftrain_data::DataError::io(skipped_path, e)));
+            }
+            _ => {}
+        }
+    } else {
+        let mut text = String::new();
+        for s in &skipped {
+            text.push_str(&serde_json::to_string(s).unwrap_or_default());
+            text.push('\n');
+        }
+        selftrain_data::atomic::write_atomic(&skipped_path, text.as_bytes())?;
+    }
     out.commit()?;
     let seconds = started.elapsed().as_secs_f64();
     let inference_seconds = inference_started.map_or(seconds, |t| t.elapsed().as_secs_f64());
     let outcome = ShardOutcome {
         path,
-        rows: rows.len(),
+        rows: written,
         reused: false,
         seconds,
-        images_per_second: rows.len() as f64 / inference_seconds.max(1e-9),
+        images_per_second: written as f64 / inference_seconds.max(1e-9),
         input_wait_seconds: loader.waited().as_secs_f64(),
+        skipped: skipped.len(),
     };
     progress.finish(&format!(
-        "{}: {} images, {:.0} images/s",
+        "{}: {} images, {:.0} images/s{}",
         outcome.path.display(),
         outcome.rows,
-        outcome.images_per_second
+        outcome.images_per_second,
+        if outcome.skipped > 0 { format!(", {} skipped", outcome.skipped) } else { String::new() }
     ));
     Ok(outcome)
 }

@@ -207,20 +207,40 @@ impl Teacher {
 
 impl Teacher {
     /// Top-1 accuracy on a labelled set: `(correct, total)`.
-    pub fn accuracy(&mut self, set: &selftrain_data::ImageSet, batch_size: usize) -> Result<(usize, usize), LabelError> {
-        let labels = set.require_labels("evaluation")?.to_vec();
-        let normalize = selftrain_data::loader::Normalize { mean: self.preprocess.mean.clone(), std: self.preprocess.std.clone() };
+    /// Top-1 accuracy on `set` (row `r` has true class `labels[r]`):
+    /// `(correct, total, skipped)`, skipped images left out of the total.
+    pub fn accuracy(
+        &mut self,
+        set: std::sync::Arc<dyn selftrain_data::Samples>,
+        labels: &[i64],
+        batch_size: usize,
+        workers: usize,
+    ) -> Result<(usize, usize, usize), LabelError> {
+        use selftrain_data::loader::{Loader, LoaderConfig, Normalize};
+        let normalize = Normalize { mean: self.preprocess.mean.clone(), std: self.preprocess.std.clone() };
         let k = self.class_names.len();
         let rows: Vec<usize> = (0..set.len()).collect();
-        let mut correct = 0;
-        for chunk in rows.chunks(batch_size.max(1)) {
-            let probs = self.predict(normalize.batch(set, chunk), chunk.len())?;
-            for (j, &row) in chunk.iter().enumerate() {
+        let batches: Vec<Vec<usize>> = rows.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect();
+        let config = LoaderConfig {
+            workers: workers.max(1),
+            prefetch: 2 * workers.max(1),
+            augment: selftrain_data::augment::Augment::None,
+            seed: 0,
+        };
+        let (mut correct, mut total, mut skipped) = (0, 0, 0);
+        for batch in Loader::start(set, batches, normalize, &config) {
+            skipped += batch.failed.len();
+            if batch.rows.is_empty() {
+                continue;
+            }
+            let probs = self.predict(batch.pixels, batch.rows.len())?;
+            for (j, &row) in batch.rows.iter().enumerate() {
                 let dist = &probs[j * k..(j + 1) * k];
                 let best = (0..k).max_by(|&a, &b| dist[a].total_cmp(&dist[b]).then(b.cmp(&a))).unwrap_or(0);
                 correct += usize::from(best as i64 == labels[row]);
+                total += 1;
             }
         }
-        Ok((correct, set.len()))
+        Ok((correct, total, skipped))
     }
 }

@@ -25,6 +25,14 @@ pub struct DataConfig {
     /// Split the final model is evaluated on; empty to skip.
     #[serde(default = "default_test_split")]
     pub test_split: String,
+    /// Corpus formats only: side of the training crops in pixels (default:
+    /// the spec's size). ResNet-RS trains below its test size (RS-50: 160).
+    #[serde(default)]
+    pub train_resolution: Option<usize>,
+    /// Corpus formats only: side of evaluation images, and the input size
+    /// recorded in the checkpoint (default: the spec's size).
+    #[serde(default)]
+    pub test_resolution: Option<usize>,
 }
 
 fn default_train_split() -> String {

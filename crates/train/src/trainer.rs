@@ -10,7 +10,8 @@ use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use selftrain_data::loader::{Loader, LoaderConfig, Normalize};
 use selftrain_data::schema::model_meta::Preprocess;
-use selftrain_data::{DataSpec, ImageSet, Progress};
+use selftrain_data::samples::Concat;
+use selftrain_data::{DataSpec, Progress, Samples, Split};
 use selftrain_model::resnet_rs::NO_DECAY_GROUP;
 use selftrain_model::{CheckpointMeta, ResNetRs, checkpoint};
 use serde::Serialize;
@@ -46,6 +47,8 @@ pub struct TrainReport {
     pub test: Option<Evaluation>,
     pub seconds: f64,
     pub device: String,
+    /// Samples left out because they could not be listed or decoded.
+    pub skipped_images: usize,
 }
 
 /// Per-row training targets: a full distribution over the classes.
@@ -84,7 +87,10 @@ pub fn preprocess_of(spec: &DataSpec) -> Preprocess {
         width: spec.width,
         mean: spec.mean.clone(),
         std: spec.std.clone(),
-        resize: "none".into(),
+        resize: match spec.format {
+            selftrain_data::spec::Format::Idx => "none".into(),
+            _ => format!("bicubic-centre-crop:{}", spec.crop_fraction),
+        },
     }
 }
 
@@ -119,16 +125,28 @@ pub fn train(config: &TrainConfig, out_dir: &Path, device: Device, progress: &dy
     tch::manual_seed(o.seed as i64);
     let spec = DataSpec::load(&config.data.spec)?;
     let k = spec.num_classes();
-    let full_train = ImageSet::load_split(&spec, &config.data.train_split)?;
-    let labelled = config.data.subset.apply(&full_train)?;
+    let train_size = resolution(&spec, config.data.train_resolution, "train_resolution")?;
+    let test_size = resolution(&spec, config.data.test_resolution, "test_resolution")?;
+    // Listing only for corpus formats: the loader decodes images as batches
+    // need them. IDX sets are held in memory.
+    let (full_train, skipped_listing) = Split::open(&spec, &config.data.train_split, &|_| true)?;
+    warn_skipped(&config.data.train_split, &skipped_listing);
+    let no_labels = || {
+        TrainError::Data(selftrain_data::DataError::Invalid(format!(
+            "training needs labelled images, but split {:?} of {} has no labels",
+            config.data.train_split,
+            spec.source.display()
+        )))
+    };
+    let labelled = full_train.select(&config.data.subset.rows_of(full_train.labels(), full_train.len())?);
     let labelled_count = labelled.len();
     let mut targets = Targets { k, values: Vec::new() };
-    for &l in labelled.require_labels("training")? {
+    for &l in labelled.labels().ok_or_else(no_labels)? {
         targets.push_hard(l as usize, o.label_smoothing);
     }
 
     // Rows 0..labelled_count are labelled; after them, pseudo-labelled rows.
-    let mut images = labelled;
+    let mut parts: Vec<Arc<dyn Samples>> = vec![labelled.resized(train_size.0, train_size.1).into_samples(&spec, true)];
     let mut pseudo_rows = 0;
     if let Some(p) = &config.pseudo {
         let pseudo = read_pseudo_labels(&p.labels)?;
@@ -141,8 +159,14 @@ pub fn train(config: &TrainConfig, out_dir: &Path, device: Device, progress: &dy
                 ),
             });
         }
-        let source = if p.split == config.data.train_split { full_train } else { ImageSet::load_split(&spec, &p.split)? };
-        let index: HashMap<&str, usize> = source.ids.iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
+        let source = if p.split == config.data.train_split {
+            full_train
+        } else {
+            let (source, skipped) = Split::open(&spec, &p.split, &|_| true)?;
+            warn_skipped(&p.split, &skipped);
+            source
+        };
+        let index: HashMap<&str, usize> = source.ids().iter().enumerate().map(|(i, id)| (id.as_str(), i)).collect();
         let mut rows = Vec::with_capacity(pseudo.ids.len());
         for id in &pseudo.ids {
             let row = index.get(id.as_str()).ok_or_else(|| TrainError::Pseudo {
@@ -159,11 +183,10 @@ pub fn train(config: &TrainConfig, out_dir: &Path, device: Device, progress: &dy
             }
         }
         pseudo_rows = extra.len();
-        images.ids.extend(extra.ids);
-        images.pixels.extend(extra.pixels);
-        images.labels = None;
+        parts.push(extra.resized(train_size.0, train_size.1).into_samples(&spec, true));
     }
-    let images = Arc::new(images);
+    let images: Arc<dyn Samples> =
+        Arc::new(Concat::new(parts).map_err(|e| TrainError::Data(selftrain_data::DataError::Invalid(e)))?);
 
     let model_config = config.model.resolve(spec.channels as i64, k as i64)?;
     let mut vs = VarStore::new(device);
@@ -207,6 +230,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, device: Device, progress: &dy
     let mut labelled_order: Vec<usize> = (0..labelled_count).collect();
     let mut labelled_cursor = labelled_count; // forces a shuffle first
     let mut step = 0;
+    let mut skipped_images = 0;
     let mut epochs = Vec::new();
     for epoch in 0..o.epochs {
         // The epoch's batches: labelled rows cycle through reshuffled passes;
@@ -243,6 +267,21 @@ pub fn train(config: &TrainConfig, out_dir: &Path, device: Device, progress: &dy
         let (mut loss_sum, mut correct, mut seen) = (0.0, 0i64, 0usize);
         let mut lr = peak_lr;
         for batch in loader.by_ref() {
+            if !batch.failed.is_empty() {
+                let (row, reason) = &batch.failed[0];
+                tracing::warn!(
+                    "{} image(s) left out of a batch; first: {} at {}: {reason}",
+                    batch.failed.len(),
+                    images.id(*row),
+                    images.location(*row)
+                );
+                skipped_images += batch.failed.len();
+            }
+            if batch.rows.is_empty() {
+                step += 1;
+                progress.advance(1);
+                continue;
+            }
             lr = learning_rate(peak_lr, step, warmup_steps, total_steps);
             opt.set_lr(lr);
             let n = batch.rows.len() as i64;
@@ -291,16 +330,25 @@ pub fn train(config: &TrainConfig, out_dir: &Path, device: Device, progress: &dy
     let test = if config.data.test_split.is_empty() {
         None
     } else {
-        let test_set = ImageSet::load_split(&spec, &config.data.test_split)?;
+        let (test_set, skipped) = Split::open(&spec, &config.data.test_split, &|_| true)?;
+        warn_skipped(&config.data.test_split, &skipped);
+        let labels = test_set.labels().map(<[i64]>::to_vec).ok_or_else(|| {
+            TrainError::Data(selftrain_data::DataError::Invalid(format!(
+                "evaluation needs labelled images, but split {:?} of {} has no labels",
+                config.data.test_split,
+                spec.source.display()
+            )))
+        })?;
         progress.begin(&format!("{} evaluate on {}", config.role, config.data.test_split), 1);
-        let e = evaluate(final_model, &test_set, &normalize, 500, device)?;
+        let test_set = test_set.resized(test_size.0, test_size.1).into_samples(&spec, false);
+        let e = evaluate(final_model, test_set, &labels, &normalize, 500, o.workers, device)?;
         progress.finish(&format!("{} test accuracy {:.4}", config.role, e.accuracy));
         Some(e)
     };
     let meta = CheckpointMeta {
         model: model_config.clone(),
         class_names: spec.classes.clone(),
-        preprocess: preprocess_of(&spec),
+        preprocess: Preprocess { height: test_size.0, width: test_size.1, ..preprocess_of(&spec) },
         role: config.role.clone(),
     };
     let checkpoint_path = out_dir.join("checkpoint.safetensors");
@@ -315,7 +363,36 @@ pub fn train(config: &TrainConfig, out_dir: &Path, device: Device, progress: &dy
         test,
         seconds: started.elapsed().as_secs_f64(),
         device: format!("{device:?}"),
+        skipped_images: skipped_images + skipped_listing.len(),
     })
+}
+
+/// `(height, width)` of images at a configured resolution, or the spec's.
+fn resolution(spec: &DataSpec, side: Option<usize>, key: &str) -> Result<(usize, usize), TrainError> {
+    match side {
+        None => Ok((spec.height, spec.width)),
+        Some(s) if s > 0 && spec.format != selftrain_data::spec::Format::Idx => Ok((s, s)),
+        Some(s) => Err(TrainError::Data(selftrain_data::DataError::Invalid(format!(
+            "key `data.{key}` = {s}: expected a positive size, for a corpus format (folder, tar, parquet); \
+             {} is {:?}, whose images are used at their stored {}x{}",
+            spec.source.display(),
+            spec.format,
+            spec.height,
+            spec.width
+        )))),
+    }
+}
+
+fn warn_skipped(split: &str, skipped: &[selftrain_data::corpus::Skipped]) {
+    if let Some(first) = skipped.first() {
+        tracing::warn!(
+            "{} sample(s) of split {split:?} skipped; first: {} at {}: {}",
+            skipped.len(),
+            first.id,
+            first.location,
+            first.reason
+        );
+    }
 }
 
 #[cfg(test)]

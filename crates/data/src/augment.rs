@@ -228,39 +228,33 @@ fn sharpness(img: &mut ImageMut<'_>, factor: f32) {
 }
 
 /// Warps the image by the affine map `m` taking output coordinates
-/// (relative to the centre) to input coordinates, with bilinear sampling.
+/// (relative to the centre) to input coordinates, with nearest-neighbour
+/// sampling (the default of the TF image ops the paper's RandAugment used,
+/// and of torchvision's). Uncovered pixels get the grey fill.
 fn affine(img: &mut ImageMut<'_>, m: [f32; 6]) {
     let (h, w) = (img.height, img.width);
     let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
     let n = img.plane_len();
     let source = img.pixels.to_vec();
-    for c in 0..img.channels {
-        let src = &source[c * n..(c + 1) * n];
-        let dst = &mut img.pixels[c * n..(c + 1) * n];
-        for y in 0..h {
-            for x in 0..w {
-                let (ox, oy) = (x as f32 - cx, y as f32 - cy);
-                let sx = m[0] * ox + m[1] * oy + m[2] + cx;
-                let sy = m[3] * ox + m[4] * oy + m[5] + cy;
-                dst[y * w + x] = bilinear(src, w, h, sx, sy);
+    for y in 0..h {
+        let oy = y as f32 - cy;
+        let (bx, by) = (m[1] * oy + m[2] + cx, m[4] * oy + m[5] + cy);
+        for x in 0..w {
+            let ox = x as f32 - cx;
+            let (sx, sy) = ((m[0] * ox + bx).round(), (m[3] * ox + by).round());
+            let i = y * w + x;
+            if sx < 0.0 || sy < 0.0 || sx >= w as f32 || sy >= h as f32 {
+                for c in 0..img.channels {
+                    img.pixels[c * n + i] = FILL;
+                }
+            } else {
+                let j = sy as usize * w + sx as usize;
+                for c in 0..img.channels {
+                    img.pixels[c * n + i] = source[c * n + j];
+                }
             }
         }
     }
-}
-
-fn bilinear(src: &[u8], w: usize, h: usize, x: f32, y: f32) -> u8 {
-    if x < -0.5 || y < -0.5 || x > w as f32 - 0.5 || y > h as f32 - 0.5 {
-        return FILL;
-    }
-    let x = x.clamp(0.0, (w - 1) as f32);
-    let y = y.clamp(0.0, (h - 1) as f32);
-    let (x0, y0) = (x.floor() as usize, y.floor() as usize);
-    let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
-    let (fx, fy) = (x - x0 as f32, y - y0 as f32);
-    let at = |xx: usize, yy: usize| f32::from(src[yy * w + xx]);
-    let top = at(x0, y0) * (1.0 - fx) + at(x1, y0) * fx;
-    let bottom = at(x0, y1) * (1.0 - fx) + at(x1, y1) * fx;
-    clamp_u8(top * (1.0 - fy) + bottom * fy)
 }
 
 /// Zero-pads by `pad` on every side and crops back at a random offset.
@@ -474,14 +468,16 @@ mod tests {
 
     #[test]
     fn translate_shifts_by_the_expected_pixels_and_direction() {
-        // Level 10/10 shifts by 0.45 * width: 4.5 -> columns move by 4.5 px.
-        let mut p: Vec<u8> = (0..10).map(|i| i * 20).collect();
-        run(Op::TranslateX, 10.0, false, &mut p, 1, 1, 10);
-        assert_eq!(p[0], 90, "x=0 samples source x=4.5");
-        assert_eq!(p[9], FILL, "beyond the edge is filled");
-        let mut q: Vec<u8> = (0..10).map(|i| i * 20).collect();
-        run(Op::TranslateX, 10.0, true, &mut q, 1, 1, 10);
-        assert_eq!(q[0], FILL);
+        // Level 10/10 shifts by 0.45 * width: 9 px of 20, nearest sampling.
+        let mut p: Vec<u8> = (0..20).map(|i| i * 10).collect();
+        run(Op::TranslateX, 10.0, false, &mut p, 1, 1, 20);
+        assert_eq!(p[0], 90, "x=0 samples source x=9");
+        assert_eq!(p[10], 190);
+        assert_eq!(p[11], FILL, "beyond the edge is filled");
+        let mut q: Vec<u8> = (0..20).map(|i| i * 10).collect();
+        run(Op::TranslateX, 10.0, true, &mut q, 1, 1, 20);
+        assert_eq!(q[8], FILL);
+        assert_eq!(q[9], 0, "x=9 samples source x=0");
     }
 
     #[test]

@@ -14,7 +14,8 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use image::imageops::FilterType;
+use fast_image_resize as fir;
+use fast_image_resize::PixelType;
 use image::DynamicImage;
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -456,25 +457,40 @@ pub fn crop_to(img: DynamicImage, channels: usize, height: usize, width: usize, 
     let img = if channels == 1 { DynamicImage::ImageLuma8(img.to_luma8()) } else { DynamicImage::ImageRgb8(img.to_rgb8()) };
     let (x, y, cw, ch) = window(img.width(), img.height(), width, height, crop, rng);
     let (ow, oh) = (width as u32, height as u32);
-    let img = if (x, y, cw, ch) == (0, 0, ow, oh) && (img.width(), img.height()) == (ow, oh) {
-        img
-    } else {
-        img.crop_imm(x, y, cw, ch).resize_exact(ow, oh, FilterType::CatmullRom)
+    let (iw, ih) = (img.width(), img.height());
+    let (pixel, raw) = match img {
+        DynamicImage::ImageLuma8(g) => (PixelType::U8, g.into_raw()),
+        other => (PixelType::U8x3, other.into_rgb8().into_raw()),
     };
-    match img {
-        DynamicImage::ImageLuma8(g) => g.into_raw(),
-        other => {
-            let hwc = other.into_rgb8().into_raw();
-            let plane = height * width;
-            let mut chw = vec![0u8; 3 * plane];
-            for (i, px) in hwc.chunks_exact(3).enumerate() {
-                chw[i] = px[0];
-                chw[plane + i] = px[1];
-                chw[2 * plane + i] = px[2];
-            }
-            chw
-        }
+    let hwc = if (x, y, cw, ch, iw, ih) == (0, 0, ow, oh, ow, oh) {
+        raw
+    } else {
+        // SIMD convolution resize; the kernel widens when shrinking, so a
+        // downscale is antialiased as in PIL.
+        let src = fir::images::Image::from_vec_u8(iw, ih, raw, pixel).expect("buffer matches its size");
+        let mut dst = fir::images::Image::new(ow, oh, pixel);
+        let options = fir::ResizeOptions::new()
+            .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::CatmullRom))
+            .crop(f64::from(x), f64::from(y), f64::from(cw), f64::from(ch));
+        RESIZER.with(|r| r.borrow_mut().resize(&src, &mut dst, &options)).expect("same pixel type, crop inside the image");
+        dst.into_vec()
+    };
+    if channels == 1 {
+        return hwc;
     }
+    let plane = height * width;
+    let mut chw = vec![0u8; 3 * plane];
+    for (i, px) in hwc.chunks_exact(3).enumerate() {
+        chw[i] = px[0];
+        chw[plane + i] = px[1];
+        chw[2 * plane + i] = px[2];
+    }
+    chw
+}
+
+thread_local! {
+    /// One resizer per worker thread: it keeps its scratch buffers.
+    static RESIZER: std::cell::RefCell<fir::Resizer> = std::cell::RefCell::new(fir::Resizer::new());
 }
 
 #[cfg(test)]

@@ -6,16 +6,23 @@ script.
     bash scripts/setup.sh && bash scripts/bench-setup.sh && cargo build
     .venv-bench/bin/python benches/loader_vs_torchvision.py --workers 2
 
-The corpus is synthesised once (Fashion-MNIST training images re-encoded as
-JPEG at --size px, a flat folder) with `selftrain data synth`. Two workloads:
+Two corpora are synthesised once with `selftrain data synth`: Fashion-MNIST
+training images re-encoded as JPEG at --size px in a flat folder, as grey
+JPEGs and as colour JPEGs (`--colour`: each image painted in two colours).
+Both sides decode to RGB. On grey files selftrain resamples one plane and
+copies it to the three channels (the same pixels as converting first);
+PIL converts to RGB first. Three workloads:
 
 - train: decode, random resized crop to --resolution (bicubic), horizontal
-  flip, RandAugment with 2 ops, normalise, batch;
+  flip, RandAugment with 2 ops, normalise, batch. selftrain applies each
+  chosen op with a probability drawn per image from U(0.2, 0.8), as the
+  paper's TensorFlow code does; torchvision applies every chosen op;
+- train-p1: the same with selftrain applying every chosen op too
+  (`randaugment:2:M:1`), so both sides do the same amount of work;
 - eval: decode, resize the short side to resolution / 0.875 and centre crop
   (bicubic), normalise, batch.
 
-Images are decoded as RGB on both sides. Prints images/s for both and the
-ratio selftrain / torchvision.
+Prints images/s for both and the ratio selftrain / torchvision.
 """
 
 import argparse
@@ -97,15 +104,6 @@ def main():
     args = p.parse_args()
     torch.set_num_threads(1)
 
-    corpus = ROOT / "runs" / "bench" / f"jpeg-{args.size}-{args.count}"
-    if not corpus.is_dir():
-        subprocess.run([str(BIN), "data", "synth", "--spec", str(ROOT / "data-specs" / "fashion-mnist.toml"),
-                        "--split", "train", "--count", str(args.count), "--size", str(args.size), "--layout", "flat",
-                        "--out", str(corpus)], check=True)
-    files = sorted(str(f) for f in corpus.iterdir() if f.suffix == ".jpg")
-    spec = corpus.parent / f"jpeg-{args.size}-{args.count}.toml"
-    spec.write_text(SPEC.format(root=corpus, res=args.resolution))
-
     norm = T.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
     bicubic = T.InterpolationMode.BICUBIC
     # torchvision's magnitude is a bin index of 31 bins (0..30), three per
@@ -115,17 +113,31 @@ def main():
         "train": (f"randaugment:2:{args.magnitude}",
                   T.Compose([T.RandomResizedCrop(args.resolution, interpolation=bicubic), T.RandomHorizontalFlip(),
                              T.RandAugment(num_ops=2, magnitude=tv_magnitude), T.ToTensor(), norm])),
+        "train-p1": (f"randaugment:2:{args.magnitude}:1",
+                     T.Compose([T.RandomResizedCrop(args.resolution, interpolation=bicubic), T.RandomHorizontalFlip(),
+                                T.RandAugment(num_ops=2, magnitude=tv_magnitude), T.ToTensor(), norm])),
         "eval": ("none", T.Compose([T.Resize(round(args.resolution / 0.875), interpolation=bicubic),
                                     T.CenterCrop(args.resolution), T.ToTensor(), norm])),
     }
-    print(f"corpus: {len(files)} JPEG files of {args.size} px; {args.images} images per run, batch {args.batch}, "
-          f"{args.workers} workers, output {args.resolution} px")
-    print(f"{'workload':<10}{'selftrain img/s':>18}{'torchvision img/s':>20}{'ratio':>8}")
-    for name, (augment, transform) in workloads.items():
-        ours = selftrain_rate(spec, augment, args)
-        theirs, _ = torchvision_rate(files, transform, args.workers, args.batch, args.images)
-        rate = ours["images_per_second"]
-        print(f"{name:<10}{rate:>18.1f}{theirs:>20.1f}{rate / theirs:>8.2f}")
+    print(f"corpora: {args.count} JPEG files of {args.size} px each; {args.images} images per run, "
+          f"batch {args.batch}, {args.workers} workers, output {args.resolution} px, RandAugment magnitude "
+          f"{args.magnitude} (torchvision {tv_magnitude}/30)")
+    print(f"{'corpus':<8}{'workload':<10}{'selftrain img/s':>18}{'torchvision img/s':>20}{'ratio':>8}")
+    for kind in ["grey", "colour"]:
+        corpus = ROOT / "runs" / "bench" / f"jpeg-{kind}-{args.size}-{args.count}"
+        if not corpus.is_dir():
+            subprocess.run([str(BIN), "data", "synth", "--spec", str(ROOT / "data-specs" / "fashion-mnist.toml"),
+                            "--split", "train", "--count", str(args.count), "--size", str(args.size), "--layout", "flat",
+                            "--out", str(corpus)] + (["--colour"] if kind == "colour" else []),
+                           check=True, capture_output=True)
+        files = sorted(str(f) for f in corpus.iterdir() if f.suffix == ".jpg")
+        spec = corpus.parent / f"{corpus.name}.toml"
+        spec.write_text(SPEC.format(root=corpus, res=args.resolution))
+        for name, (augment, transform) in workloads.items():
+            ours = selftrain_rate(spec, augment, args)
+            theirs, _ = torchvision_rate(files, transform, args.workers, args.batch, args.images)
+            rate = ours["images_per_second"]
+            print(f"{kind:<8}{name:<10}{rate:>18.1f}{theirs:>20.1f}{rate / theirs:>8.2f}", flush=True)
 
 
 if __name__ == "__main__":

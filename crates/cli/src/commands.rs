@@ -389,13 +389,17 @@ pub struct SynthArgs {
     pub encoding: String,
     #[arg(long, default_value_t = 90)]
     pub jpeg_quality: u8,
+    /// Paint grey source images in two colours per image, so the corpus
+    /// holds 3-channel colour images (for throughput work on colour JPEGs).
+    #[arg(long)]
+    pub colour: bool,
     /// Output folder.
     #[arg(long)]
     pub out: PathBuf,
 }
 
 pub fn data(command: &DataCommand) -> anyhow::Result<()> {
-    use selftrain_data::synth::{Encoding, Layout, preview_grid, synthesise};
+    use selftrain_data::synth::{Encoding, Layout, SynthOptions, preview_grid, synthesise};
     match command {
         DataCommand::Preview(a) => {
             let corpus = Corpus::new(&a.corpus.spec, &a.corpus.split, a.corpus.subset)?;
@@ -414,7 +418,8 @@ pub fn data(command: &DataCommand) -> anyhow::Result<()> {
                 "tar" => Layout::Tar { per_shard: a.per_shard },
                 _ => Layout::Flat,
             };
-            let r = synthesise(&set, &corpus.spec.classes, a.count, a.size, encoding, layout, &a.out)?;
+            let options = SynthOptions { count: a.count, size: a.size, encoding, layout, colour: a.colour };
+            let r = synthesise(&set, &corpus.spec.classes, &options, &a.out)?;
             println!("wrote {} images in {} files ({} bytes) under {}", r.images, r.files, r.bytes, show(&a.out));
         }
     }

@@ -89,11 +89,7 @@ pub fn apply_op(img: &mut ImageMut<'_>, op: Op, magnitude: f32, negate: bool) {
         Op::Solarize => {
             // Threshold falls from 256 (no change) as the magnitude grows.
             let threshold = 256.0 - (level * 256.0).min(256.0);
-            for p in img.pixels.iter_mut() {
-                if f32::from(*p) >= threshold {
-                    *p = 255 - *p;
-                }
-            }
+            map_pixels(img.pixels, |v| if f32::from(v) >= threshold { 255 - v } else { v });
         }
         Op::Color => {
             if img.channels == 3 {
@@ -110,16 +106,11 @@ pub fn apply_op(img: &mut ImageMut<'_>, op: Op, magnitude: f32, negate: bool) {
         }
         Op::Contrast => {
             let grey = greyscale(img);
-            let mean = grey.iter().map(|&v| f32::from(v)).sum::<f32>() / grey.len().max(1) as f32;
-            for p in img.pixels.iter_mut() {
-                *p = clamp_u8(mean + enhance * (f32::from(*p) - mean));
-            }
+            let sum: u64 = grey.iter().map(|&v| u64::from(v)).sum();
+            let mean = (sum as f64 / grey.len().max(1) as f64) as f32;
+            map_pixels(img.pixels, |v| clamp_u8(mean + enhance * (f32::from(v) - mean)));
         }
-        Op::Brightness => {
-            for p in img.pixels.iter_mut() {
-                *p = clamp_u8(enhance * f32::from(*p));
-            }
-        }
+        Op::Brightness => map_pixels(img.pixels, |v| clamp_u8(enhance * f32::from(v))),
         Op::Sharpness => sharpness(img, enhance),
         Op::ShearX => affine(img, [1.0, sign * 0.3 * level, 0.0, 0.0, 1.0, 0.0]),
         Op::ShearY => affine(img, [1.0, 0.0, 0.0, sign * 0.3 * level, 1.0, 0.0]),
@@ -134,8 +125,19 @@ pub fn apply_op(img: &mut ImageMut<'_>, op: Op, magnitude: f32, negate: bool) {
     }
 }
 
+/// Rounds to the nearest integer (halves up) and saturates to 0..=255.
+/// `as u8` saturates by itself; this avoids a libm `roundf` call per pixel,
+/// which made every op several times slower than PIL's.
 fn clamp_u8(v: f32) -> u8 {
-    v.round().clamp(0.0, 255.0) as u8
+    (v + 0.5) as u8
+}
+
+/// Applies a per-value mapping through a 256-entry lookup table.
+fn map_pixels(pixels: &mut [u8], f: impl Fn(u8) -> u8) {
+    let lut: [u8; 256] = std::array::from_fn(|v| f(v as u8));
+    for p in pixels.iter_mut() {
+        *p = lut[usize::from(*p)];
+    }
 }
 
 fn greyscale(img: &ImageMut<'_>) -> Vec<u8> {
@@ -143,11 +145,13 @@ fn greyscale(img: &ImageMut<'_>) -> Vec<u8> {
     if img.channels == 1 {
         return img.pixels.to_vec();
     }
-    (0..n)
-        .map(|i| {
-            let (r, g, b) = (img.pixels[i], img.pixels[n + i], img.pixels[2 * n + i]);
-            clamp_u8(0.299 * f32::from(r) + 0.587 * f32::from(g) + 0.114 * f32::from(b))
-        })
+    // PIL's "L" conversion: ITU-R 601-2 luma in 16-bit fixed point, rounded.
+    let (r, rest) = img.pixels.split_at(n);
+    let (g, b) = rest.split_at(n);
+    r.iter()
+        .zip(g)
+        .zip(&b[..n])
+        .map(|((&r, &g), &b)| ((u32::from(r) * 19595 + u32::from(g) * 38470 + u32::from(b) * 7471 + 0x8000) >> 16) as u8)
         .collect()
 }
 
@@ -155,22 +159,22 @@ fn greyscale(img: &ImageMut<'_>) -> Vec<u8> {
 /// image shared by all channels.
 fn blend_with(img: &mut ImageMut<'_>, degenerate: &[u8], factor: f32) {
     let n = img.plane_len();
-    for (i, p) in img.pixels.iter_mut().enumerate() {
-        let d = f32::from(degenerate[i % n]);
-        *p = clamp_u8(d + factor * (f32::from(*p) - d));
+    for plane in img.pixels.chunks_mut(n) {
+        for (p, &d) in plane.iter_mut().zip(degenerate) {
+            let d = f32::from(d);
+            *p = clamp_u8(d + factor * (f32::from(*p) - d));
+        }
     }
 }
 
 fn auto_contrast(img: &mut ImageMut<'_>) {
     let n = img.plane_len();
     for plane in img.pixels.chunks_mut(n) {
-        let lo = *plane.iter().min().unwrap_or(&0);
-        let hi = *plane.iter().max().unwrap_or(&255);
+        let lo = plane.iter().fold(u8::MAX, |a, &b| a.min(b));
+        let hi = plane.iter().fold(u8::MIN, |a, &b| a.max(b));
         if hi > lo {
             let scale = 255.0 / f32::from(hi - lo);
-            for p in plane.iter_mut() {
-                *p = clamp_u8(f32::from(*p - lo) * scale);
-            }
+            map_pixels(plane, |v| clamp_u8(f32::from(v.saturating_sub(lo)) * scale));
         }
     }
 }
@@ -207,18 +211,16 @@ fn sharpness(img: &mut ImageMut<'_>, factor: f32) {
     }
     let n = img.plane_len();
     for plane in img.pixels.chunks_mut(n) {
-        // Smoothed copy with PIL's SMOOTH kernel; the border stays as it is.
+        // Smoothed copy with PIL's SMOOTH kernel (ones, 5 in the centre,
+        // divided by 13 and rounded); the border stays as it is.
         let mut smooth = plane.to_vec();
         for y in 1..h - 1 {
+            let (above, row, below) = (&plane[(y - 1) * w..y * w], &plane[y * w..(y + 1) * w], &plane[(y + 1) * w..(y + 2) * w]);
+            let out = &mut smooth[y * w..(y + 1) * w];
             for x in 1..w - 1 {
-                let mut s = 0u32;
-                for dy in 0..3 {
-                    for dx in 0..3 {
-                        let weight = if dy == 1 && dx == 1 { 5 } else { 1 };
-                        s += weight * u32::from(plane[(y + dy - 1) * w + x + dx - 1]);
-                    }
-                }
-                smooth[y * w + x] = clamp_u8(s as f32 / 13.0);
+                let column = |r: &[u8]| u32::from(r[x - 1]) + u32::from(r[x]) + u32::from(r[x + 1]);
+                let s = column(above) + column(row) + column(below) + 4 * u32::from(row[x]);
+                out[x] = ((s + 6) / 13) as u8;
             }
         }
         for (p, d) in plane.iter_mut().zip(smooth) {
@@ -233,26 +235,35 @@ fn sharpness(img: &mut ImageMut<'_>, factor: f32) {
 /// and of torchvision's). Uncovered pixels get the grey fill.
 fn affine(img: &mut ImageMut<'_>, m: [f32; 6]) {
     let (h, w) = (img.height, img.width);
-    let (cx, cy) = ((w as f32 - 1.0) / 2.0, (h as f32 - 1.0) / 2.0);
-    let n = img.plane_len();
-    let source = img.pixels.to_vec();
+    let (cx, cy) = ((w as f64 - 1.0) / 2.0, (h as f64 - 1.0) / 2.0);
+    let m = m.map(f64::from);
+    // Source coordinates walk along each output row in 32.32 fixed point:
+    // an integer add per pixel, and the nearest pixel floor(v + 0.5) is a
+    // shift (float-to-integer casts per pixel would dominate the op).
+    const ONE: f64 = (1u64 << 32) as f64;
+    let (step_x, step_y) = ((m[0] * ONE) as i64, (m[3] * ONE) as i64);
+    // The source of every output pixel, once for all channels; `u32::MAX`
+    // marks an uncovered pixel.
+    let mut sources = Vec::with_capacity(h * w);
     for y in 0..h {
-        let oy = y as f32 - cy;
-        let (bx, by) = (m[1] * oy + m[2] + cx, m[4] * oy + m[5] + cy);
-        for x in 0..w {
-            let ox = x as f32 - cx;
-            let (sx, sy) = ((m[0] * ox + bx).round(), (m[3] * ox + by).round());
-            let i = y * w + x;
-            if sx < 0.0 || sy < 0.0 || sx >= w as f32 || sy >= h as f32 {
-                for c in 0..img.channels {
-                    img.pixels[c * n + i] = FILL;
-                }
-            } else {
-                let j = sy as usize * w + sx as usize;
-                for c in 0..img.channels {
-                    img.pixels[c * n + i] = source[c * n + j];
-                }
-            }
+        let oy = y as f64 - cy;
+        let x0 = -m[0] * cx + m[1] * oy + m[2] + cx;
+        let y0 = -m[3] * cx + m[4] * oy + m[5] + cy;
+        let (mut fx, mut fy) = (((x0 + 0.5) * ONE) as i64, ((y0 + 0.5) * ONE) as i64);
+        for _ in 0..w {
+            let (sx, sy) = ((fx >> 32) as u64, (fy >> 32) as u64);
+            // Negative coordinates wrap to huge values and fail the test too.
+            let inside = sx < w as u64 && sy < h as u64;
+            sources.push(if inside { (sy as usize * w + sx as usize) as u32 } else { u32::MAX });
+            fx += step_x;
+            fy += step_y;
+        }
+    }
+    let n = img.plane_len();
+    let original = img.pixels.to_vec();
+    for (src, dst) in original.chunks(n).zip(img.pixels.chunks_mut(n)) {
+        for (d, &j) in dst.iter_mut().zip(&sources) {
+            *d = if j == u32::MAX { FILL } else { src[j as usize] };
         }
     }
 }
@@ -290,12 +301,19 @@ pub fn flip_horizontal(img: &mut ImageMut<'_>) {
 
 /// The augmentation a training stage applies, as written in configs:
 /// `none`, `flip-crop` (pad-and-crop plus horizontal flip), or
-/// `randaugment:N:M` (flip-crop, then RandAugment with N ops at magnitude M).
+/// `randaugment:N:M` (flip-crop, then RandAugment with N ops at magnitude M),
+/// or `randaugment:N:M:P` with every chosen op applied with the fixed
+/// probability P instead (P = 1 is torchvision's RandAugment).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Augment {
     None,
     FlipCrop,
-    RandAugment { layers: usize, magnitude: f32 },
+    RandAugment {
+        layers: usize,
+        magnitude: f32,
+        /// `None`: drawn per image from U(0.2, 0.8), as the paper's code does.
+        probability: Option<f32>,
+    },
 }
 
 impl Augment {
@@ -318,8 +336,11 @@ impl Augment {
         if rng.random_bool(0.5) {
             flip_horizontal(img);
         }
-        if let Augment::RandAugment { layers, magnitude } = *self {
-            let probability: f64 = rng.random_range(0.2..0.8);
+        if let Augment::RandAugment { layers, magnitude, probability } = *self {
+            let probability: f64 = match probability {
+                Some(p) => f64::from(p),
+                None => rng.random_range(0.2..0.8),
+            };
             for _ in 0..layers {
                 let op = ALL_OPS[rng.random_range(0..ALL_OPS.len())];
                 let negate = rng.random_bool(0.5);
@@ -336,7 +357,10 @@ impl fmt::Display for Augment {
         match self {
             Augment::None => write!(f, "none"),
             Augment::FlipCrop => write!(f, "flip-crop"),
-            Augment::RandAugment { layers, magnitude } => write!(f, "randaugment:{layers}:{magnitude}"),
+            Augment::RandAugment { layers, magnitude, probability: None } => write!(f, "randaugment:{layers}:{magnitude}"),
+            Augment::RandAugment { layers, magnitude, probability: Some(p) } => {
+                write!(f, "randaugment:{layers}:{magnitude}:{p}")
+            }
         }
     }
 }
@@ -350,15 +374,22 @@ impl FromStr for Augment {
         match parts.as_slice() {
             ["none"] => Ok(Augment::None),
             ["flip-crop"] => Ok(Augment::FlipCrop),
-            ["randaugment", n, m] => {
+            ["randaugment", n, m, rest @ ..] if rest.len() <= 1 => {
                 let layers = n.parse().map_err(|_| err("expected N (ops per image) to be a whole number"))?;
                 let magnitude: f32 = m.parse().map_err(|_| err("expected M (magnitude) to be a number"))?;
                 if !(0.0..=30.0).contains(&magnitude) {
                     return Err(err("expected M between 0 and 30"));
                 }
-                Ok(Augment::RandAugment { layers, magnitude })
+                let probability = match rest.first() {
+                    None => None,
+                    Some(p) => match p.parse::<f32>() {
+                        Ok(p) if (0.0..=1.0).contains(&p) => Some(p),
+                        _ => return Err(err("expected P (probability of each op) between 0 and 1")),
+                    },
+                };
+                Ok(Augment::RandAugment { layers, magnitude, probability })
             }
-            _ => Err(err("expected `none`, `flip-crop` or `randaugment:N:M`")),
+            _ => Err(err("expected `none`, `flip-crop`, `randaugment:N:M` or `randaugment:N:M:P`")),
         }
     }
 }
@@ -500,6 +531,18 @@ mod tests {
         assert_eq!(go(1), go(1));
         assert_ne!(go(1), go(2));
         assert!("randaugment:2".parse::<Augment>().is_err());
+        assert!("randaugment:2:9:1.5".parse::<Augment>().is_err());
+        assert_eq!("randaugment:2:9:1".parse::<Augment>().unwrap().to_string(), "randaugment:2:9:1");
+        // P = 0 applies no op: only the flip and crop are left.
+        let flip_crop_only = |text: &str, seed| {
+            let mut p = gradient(3, 8, 8);
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            text.parse::<Augment>().unwrap().apply(&mut ImageMut { pixels: &mut p, channels: 3, height: 8, width: 8 }, &mut rng);
+            p
+        };
+        for seed in 0..8 {
+            assert_eq!(flip_crop_only("randaugment:2:9:0", seed), flip_crop_only("flip-crop", seed), "seed {seed}");
+        }
         assert_eq!("randaugment:2:15".parse::<Augment>().unwrap().to_string(), "randaugment:2:15");
     }
 }

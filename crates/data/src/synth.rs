@@ -44,6 +44,21 @@ impl Encoding {
     }
 }
 
+/// What `synthesise` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SynthOptions {
+    /// Images to write (the source images repeat as needed).
+    pub count: usize,
+    /// Side of the written images in pixels.
+    pub size: u32,
+    pub encoding: Encoding,
+    pub layout: Layout,
+    /// Grey sources become colour images: each image is painted with two
+    /// colours drawn from its row (ink for bright pixels, background for
+    /// dark), so decoders and loaders work on real 3-channel JPEGs.
+    pub colour: bool,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct SynthReport {
     pub images: usize,
@@ -78,17 +93,21 @@ pub fn encode(pixels: &[u8], channels: usize, height: usize, width: usize, size:
     Ok(out.into_inner())
 }
 
-/// Writes `count` images drawn cyclically from `set` (a repeat gets a
-/// `-rN` suffix on its id) under `out`.
-pub fn synthesise(
-    set: &ImageSet,
-    class_names: &[String],
-    count: usize,
-    size: u32,
-    encoding: Encoding,
-    layout: Layout,
-    out: &Path,
-) -> Result<SynthReport, DataError> {
+/// A grey CHW image as a 3-channel one, painted with two colours chosen by
+/// `seed`: `background + (ink - background) * value / 255` per channel.
+fn paint(grey: &[u8], seed: u64) -> Vec<u8> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let ink: [f32; 3] = std::array::from_fn(|_| rand::Rng::random_range(&mut rng, 0.0..255.0));
+    let background: [f32; 3] = std::array::from_fn(|_| rand::Rng::random_range(&mut rng, 0.0..255.0));
+    (0..3)
+        .flat_map(|c| grey.iter().map(move |&v| (background[c] + (ink[c] - background[c]) * f32::from(v) / 255.0 + 0.5) as u8))
+        .collect()
+}
+
+/// Writes `options.count` images drawn cyclically from `set` (a repeat gets
+/// a `-rN` suffix on its id) under `out`.
+pub fn synthesise(set: &ImageSet, class_names: &[String], options: &SynthOptions, out: &Path) -> Result<SynthReport, DataError> {
+    let SynthOptions { count, size, encoding, layout, colour } = *options;
     if set.is_empty() {
         return Err(DataError::Invalid("no source images to synthesise from".into()));
     }
@@ -111,7 +130,11 @@ pub fn synthesise(
         let repeat = i / set.len();
         let base = set.ids[row].replace('/', "_");
         let id = if repeat == 0 { base } else { format!("{base}-r{repeat}") };
-        let bytes = encode(set.image(row), set.channels, set.height, set.width, size, encoding)?;
+        let bytes = if colour && set.channels == 1 {
+            encode(&paint(set.image(row), i as u64), 3, set.height, set.width, size, encoding)?
+        } else {
+            encode(set.image(row), set.channels, set.height, set.width, size, encoding)?
+        };
         let label = set.labels.as_ref().map(|l| l[row]);
         match layout {
             Layout::ClassFolders | Layout::Flat => {
@@ -198,4 +221,40 @@ pub fn preview_grid(set: &dyn Samples, count: usize, augment: Augment, seed: u64
     f.file().write_all(bytes.get_ref()).map_err(|e| DataError::io(tmp, e))?;
     f.commit()?;
     Ok((n, w, h))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grey_set() -> ImageSet {
+        ImageSet {
+            ids: vec!["a".into(), "b".into()],
+            labels: None,
+            pixels: (0..2 * 16).map(|i| (i * 8) as u8).collect(),
+            channels: 1,
+            height: 4,
+            width: 4,
+        }
+    }
+
+    #[test]
+    fn colour_synthesis_paints_grey_images_in_two_colours() {
+        let dir = tempfile::tempdir().unwrap();
+        for colour in [false, true] {
+            let out = dir.path().join(format!("c{colour}"));
+            let options = SynthOptions { count: 3, size: 4, encoding: Encoding::Png, layout: Layout::Flat, colour };
+            let report = synthesise(&grey_set(), &[], &options, &out).unwrap();
+            assert_eq!((report.images, report.files), (3, 3));
+            let img = image::open(out.join("a.png")).unwrap();
+            assert_eq!(img.color().has_color(), colour);
+            if colour {
+                let rgb = img.to_rgb8();
+                // Lossless PNG: each channel is an affine map of the grey value,
+                // and the repeat of "a" (drawn with another seed) differs.
+                assert!(rgb.pixels().any(|p| p[0] != p[1] || p[1] != p[2]));
+                assert_ne!(rgb.into_raw(), image::open(out.join("a-r1.png")).unwrap().to_rgb8().into_raw());
+            }
+        }
+    }
 }

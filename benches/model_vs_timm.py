@@ -5,6 +5,11 @@ resolution and thread count, run one after the other by this script.
     bash scripts/setup.sh && bash scripts/bench-setup.sh && cargo build
     .venv-bench/bin/python benches/model_vs_timm.py --threads 2
 
+Each comparison runs in both memory orders, the same on both sides:
+contiguous NCHW (PyTorch's default) and channels-last (timm's model and
+input `.to(memory_format=torch.channels_last)`, selftrain's
+`--channels-last`, i.e. `optim.channels_last`).
+
 Prints a table of images/s and the ratio selftrain / timm. On a machine with
 a CUDA GPU, `--device cuda --bf16` measures training steps in bfloat16
 autocast (timm eager and torch.compile) against selftrain.
@@ -13,6 +18,7 @@ autocast (timm eager and torch.compile) against selftrain.
 import argparse
 import json
 import pathlib
+import statistics
 import subprocess
 import time
 from functools import partial
@@ -58,10 +64,13 @@ def timed(steps, warmup, images, fn, device):
     return steps * images / (time.perf_counter() - start)
 
 
-def torch_figures(cfg, args, compiled=False):
+def torch_figures(cfg, args, channels_last, compiled=False):
     torch.manual_seed(0)
     model = cfg["make"]().to(args.device)
     x = torch.randn(cfg["batch"], cfg["channels"], cfg["resolution"], cfg["resolution"], device=args.device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(cfg["classes"], (cfg["batch"],), device=args.device)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, nesterov=True, weight_decay=4e-5)
     run = torch.compile(model) if compiled else model
@@ -82,10 +91,12 @@ def torch_figures(cfg, args, compiled=False):
     return train, evaluate
 
 
-def ours(cfg, args):
+def ours(cfg, args, channels_last):
     cmd = [str(args.selftrain), "--quiet", "bench", "model", *cfg["ours"], "--resolution", str(cfg["resolution"]),
            "--batch", str(cfg["batch"]), "--threads", str(args.threads), "--steps", str(args.steps),
            "--warmup", str(args.warmup), "--device", args.device]
+    if channels_last:
+        cmd.append("--channels-last")
     if args.device != "cpu":
         cmd.append("--no-onnx")
     return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
@@ -99,26 +110,34 @@ def main():
     p.add_argument("--device", default="cpu")
     p.add_argument("--bf16", action="store_true", help="timm in bfloat16 autocast (CUDA)")
     p.add_argument("--configs", default="small-member,resnet-rs-50")
+    p.add_argument("--formats", default="contiguous,channels-last")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="alternate timm and selftrain this many times and report the medians (the machine is shared)")
     p.add_argument("--selftrain", default=ROOT / "target" / "debug" / "selftrain")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, timm {timm.__version__}, {args.threads} threads, device {args.device}")
-    print(f"{'model':<14} {'batch':>5} {'res':>4} {'what':<22} {'timm':>9} {'selftrain':>10} {'ratio':>6}")
+    print(f"{'model':<14} {'batch':>5} {'res':>4} {'memory':<14} {'what':<24} {'timm':>9} {'selftrain':>10} {'ratio':>6}")
     for name in args.configs.split(","):
         cfg = CONFIGS[name]
-        t_train, t_eval = torch_figures(cfg, args)
-        o = ours(cfg, args)
-        row = lambda what, a, b: print(
-            f"{name:<14} {cfg['batch']:>5} {cfg['resolution']:>4} {what:<22} {a:>9.1f} {b:>10.1f} {b / a:>6.2f}")
-        row("train step images/s", t_train, o["train_images_per_second"])
-        row("eval forward images/s", t_eval, o["eval_images_per_second"])
-        if o.get("onnx_images_per_second"):
-            print(f"{name:<14} {cfg['batch']:>5} {cfg['resolution']:>4} {'onnxruntime vs tch eval':<22} "
-                  f"{o['eval_images_per_second']:>9.1f} {o['onnx_images_per_second']:>10.1f} "
-                  f"{o['onnx_images_per_second'] / o['eval_images_per_second']:>6.2f}")
-        if args.device == "cuda":
-            c_train, _ = torch_figures(cfg, args, compiled=True)
-            row("train, torch.compile", c_train, o["train_images_per_second"])
+        for fmt in args.formats.split(","):
+            cl = fmt == "channels-last"
+            runs = [(torch_figures(cfg, args, cl), ours(cfg, args, cl)) for _ in range(args.repeats)]
+            t_train = statistics.median(t[0] for t, _ in runs)
+            t_eval = statistics.median(t[1] for t, _ in runs)
+            o = {key: statistics.median(r[key] for _, r in runs)
+                 for key in ["train_images_per_second", "eval_images_per_second", "onnx_images_per_second"]
+                 if all(r.get(key) for _, r in runs)}
+            row = lambda what, a, b: print(
+                f"{name:<14} {cfg['batch']:>5} {cfg['resolution']:>4} {fmt:<14} {what:<24} {a:>9.1f} {b:>10.1f} "
+                f"{b / a:>6.2f}", flush=True)
+            row("train step images/s", t_train, o["train_images_per_second"])
+            row("eval forward images/s", t_eval, o["eval_images_per_second"])
+            if o.get("onnx_images_per_second"):
+                row("onnxruntime vs tch eval", o["eval_images_per_second"], o["onnx_images_per_second"])
+            if args.device == "cuda":
+                c_train, _ = torch_figures(cfg, args, cl, compiled=True)
+                row("train, torch.compile", c_train, o["train_images_per_second"])
 
 
 if __name__ == "__main__":

@@ -130,6 +130,9 @@ pub struct ModelBenchArgs {
     /// Skip the ONNX Runtime measurement.
     #[arg(long)]
     pub no_onnx: bool,
+    /// Run the trunk in channels-last memory order (as `optim.channels_last`).
+    #[arg(long)]
+    pub channels_last: bool,
     #[command(flatten)]
     pub device: crate::DeviceArgs,
 }
@@ -142,6 +145,7 @@ struct ModelBench {
     resolution: i64,
     threads: usize,
     device: String,
+    channels_last: bool,
     train_images_per_second: f64,
     eval_images_per_second: f64,
     onnx_images_per_second: Option<f64>,
@@ -176,7 +180,10 @@ pub fn bench(command: &BenchCommand) -> anyhow::Result<()> {
     let config = spec.resolve(a.channels, a.num_classes)?;
     tch::manual_seed(0);
     let vs = VarStore::new(device);
-    let model = ResNetRs::new(&vs.root(), &config);
+    let mut model = ResNetRs::new(&vs.root(), &config);
+    if a.channels_last {
+        model.use_channels_last();
+    }
     let parameters = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
     let x = Tensor::randn([a.batch, a.channels, a.resolution, a.resolution], (Kind::Float, device));
     let y = Tensor::randint(a.num_classes, [a.batch], (Kind::Int64, device));
@@ -238,6 +245,7 @@ pub fn bench(command: &BenchCommand) -> anyhow::Result<()> {
         resolution: a.resolution,
         threads: a.threads,
         device: format!("{device:?}"),
+        channels_last: a.channels_last,
         train_images_per_second: train,
         eval_images_per_second: eval,
         onnx_images_per_second: onnx,

@@ -190,14 +190,19 @@ pub fn train(config: &TrainConfig, out_dir: &Path, device: Device, progress: &dy
 
     let model_config = config.model.resolve(spec.channels as i64, k as i64)?;
     let mut vs = VarStore::new(device);
-    let model = ResNetRs::new(&vs.root(), &model_config);
+    let mut model = ResNetRs::new(&vs.root(), &model_config);
     if let Some(init) = &config.init {
         selftrain_model::Checkpoint::read(init)?.load_into(&mut vs)?;
         tracing::info!("initialised from {}", init.display());
     }
     let parameters: i64 = vs.trainable_variables().iter().map(|t| t.numel() as i64).sum();
     let mut ema_vs = VarStore::new(device);
-    let ema_model = ResNetRs::new(&ema_vs.root(), &model_config);
+    let mut ema_model = ResNetRs::new(&ema_vs.root(), &model_config);
+    if o.channels_last {
+        // Before the optimiser is built: it holds the variables it updates.
+        model.use_channels_last();
+        ema_model.use_channels_last();
+    }
     ema_vs.copy(&vs)?;
     let live_vars = vs.variables();
     let ema_vars = ema_vs.variables();
@@ -288,6 +293,10 @@ pub fn train(config: &TrainConfig, out_dir: &Path, device: Device, progress: &dy
             let [_, c, h, w] = batch.shape.map(|d| d as i64);
             let x = Tensor::from_slice(&batch.pixels).view([n, c, h, w]).to_device(device);
             let t = Tensor::from_slice(&targets.rows(&batch.rows)).view([n, k as i64]).to_device(device);
+            // TODO: every step runs in float32. The paper trained in
+            // bfloat16; tch's `autocast` only switches on CUDA's float16
+            // autocast (no dtype choice), so bf16 needs a binding of
+            // at::autocast's dtype setter, and a GPU to check it on.
             let logits = model.forward_t(&x, true);
             let loss = -(logits.log_softmax(-1, Kind::Float) * &t).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float);
             opt.backward_step(&loss);

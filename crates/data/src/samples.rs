@@ -586,6 +586,21 @@ mod tests {
     }
 
     #[test]
+    fn a_cmyk_jpeg_decodes_to_the_colours_pillow_gives() {
+        // tests/fixtures/images/README.md says how it was made and what
+        // Pillow's RGB conversion of it is.
+        let bytes = include_bytes!("../../../tests/fixtures/images/cmyk.jpg");
+        let img = decode(bytes).unwrap();
+        let out = crop_to(img, 3, 16, 24, Crop::Centre { fraction: 1.0 }, &mut ChaCha8Rng::seed_from_u64(0));
+        let at = |x: usize, y: usize| [out[y * 24 + x], out[384 + y * 24 + x], out[768 + y * 24 + x]];
+        for ((x, y), want) in [((2, 2), [235, 225, 215]), ((20, 10), [29, 56, 114])] {
+            let got = at(x, y);
+            let off = got.iter().zip(want).map(|(&g, w)| (i32::from(g) - w).abs()).max().unwrap();
+            assert!(off <= 12, "pixel ({x}, {y}): {got:?}, Pillow {want:?}");
+        }
+    }
+
+    #[test]
     fn bad_bytes_are_errors_with_a_reason() {
         assert!(decode(&[]).unwrap_err().contains("zero-byte"));
         assert!(decode(b"hello, not an image").unwrap_err().contains("not a recognised"));

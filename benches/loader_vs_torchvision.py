@@ -28,6 +28,7 @@ Prints images/s for both and the ratio selftrain / torchvision.
 import argparse
 import json
 import pathlib
+import statistics
 import subprocess
 import time
 
@@ -100,6 +101,8 @@ def main():
     p.add_argument("--count", type=int, default=2000, help="JPEG files in the synthesised corpus")
     p.add_argument("--size", type=int, default=256, help="side of the synthesised JPEGs")
     p.add_argument("--resolution", type=int, default=224)
+    p.add_argument("--repeats", type=int, default=3,
+                   help="alternate the two loaders this many times per workload and report the medians")
     p.add_argument("--magnitude", type=int, default=15, help="RandAugment magnitude (selftrain's 0..10 scale, 30-bin torchvision scale x3)")
     args = p.parse_args()
     torch.set_num_threads(1)
@@ -134,9 +137,11 @@ def main():
         spec = corpus.parent / f"{corpus.name}.toml"
         spec.write_text(SPEC.format(root=corpus, res=args.resolution))
         for name, (augment, transform) in workloads.items():
-            ours = selftrain_rate(spec, augment, args)
-            theirs, _ = torchvision_rate(files, transform, args.workers, args.batch, args.images)
-            rate = ours["images_per_second"]
+            pairs = [(selftrain_rate(spec, augment, args)["images_per_second"],
+                      torchvision_rate(files, transform, args.workers, args.batch, args.images)[0])
+                     for _ in range(args.repeats)]
+            rate = statistics.median(a for a, _ in pairs)
+            theirs = statistics.median(b for _, b in pairs)
             print(f"{kind:<8}{name:<10}{rate:>18.1f}{theirs:>20.1f}{rate / theirs:>8.2f}", flush=True)
 
 

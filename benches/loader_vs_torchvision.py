@@ -112,13 +112,11 @@ def main():
     # torchvision's magnitude is a bin index of 31 bins (0..30), three per
     # unit of selftrain's 0..10 scale; magnitudes past 10 are clamped there.
     tv_magnitude = min(30, args.magnitude * 3)
+    train = T.Compose([T.RandomResizedCrop(args.resolution, interpolation=bicubic), T.RandomHorizontalFlip(),
+                       T.RandAugment(num_ops=2, magnitude=tv_magnitude), T.ToTensor(), norm])
     workloads = {
-        "train": (f"randaugment:2:{args.magnitude}",
-                  T.Compose([T.RandomResizedCrop(args.resolution, interpolation=bicubic), T.RandomHorizontalFlip(),
-                             T.RandAugment(num_ops=2, magnitude=tv_magnitude), T.ToTensor(), norm])),
-        "train-p1": (f"randaugment:2:{args.magnitude}:1",
-                     T.Compose([T.RandomResizedCrop(args.resolution, interpolation=bicubic), T.RandomHorizontalFlip(),
-                                T.RandAugment(num_ops=2, magnitude=tv_magnitude), T.ToTensor(), norm])),
+        "train": (f"randaugment:2:{args.magnitude}", train),
+        "train-p1": (f"randaugment:2:{args.magnitude}:1", train),
         "eval": ("none", T.Compose([T.Resize(round(args.resolution / 0.875), interpolation=bicubic),
                                     T.CenterCrop(args.resolution), T.ToTensor(), norm])),
     }

@@ -331,6 +331,9 @@ pub fn run(args: &RunArgs, bars: &Bars) -> anyhow::Result<()> {
         Ok(train_result(stages::train(&teacher_config, &teacher_dir, device, bars)?))
     })?;
 
+    // The corpus is the same in every round: its held-back labels, which
+    // score the pseudo-labels, are read once.
+    let (_, truth, _) = corpus.open(&|_| true)?;
     let mut rounds = Vec::new();
     let (mut current_checkpoint, mut current_key) = (teacher.checkpoint.clone(), teacher_key.clone());
     for round in 1..=p.pipeline.rounds {
@@ -377,7 +380,6 @@ pub fn run(args: &RunArgs, bars: &Bars) -> anyhow::Result<()> {
             let r = stages::filter(&shard_dir, &filtered_out, &p.filter)?;
             Ok(r.classes.iter().map(|c| (c.class.clone(), c.kept, c.duplicates)).collect::<Vec<_>>())
         })?;
-        let (_, truth, _) = corpus.open(&|_| true)?;
         let accuracy = selftrain_filter::pseudo_label_accuracy(&shard_dir, &filtered, &truth)?;
         // Student.
         let student_dir = dir.join("student");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use image::imageops::FilterType;
 use image::{DynamicImage, GrayImage, ImageFormat, RgbImage};
-use rand::SeedableRng;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
@@ -53,9 +53,10 @@ pub struct SynthOptions {
     pub size: u32,
     pub encoding: Encoding,
     pub layout: Layout,
-    /// Grey sources become colour images: each image is painted with two
-    /// colours drawn from its row (ink for bright pixels, background for
-    /// dark), so decoders and loaders work on real 3-channel JPEGs.
+    /// Grey sources become colour images: each written image is painted
+    /// with two colours drawn from its position in the output (ink for
+    /// bright pixels, background for dark), so decoders and loaders work on
+    /// real 3-channel JPEGs.
     pub colour: bool,
 }
 
@@ -97,8 +98,8 @@ pub fn encode(pixels: &[u8], channels: usize, height: usize, width: usize, size:
 /// `seed`: `background + (ink - background) * value / 255` per channel.
 fn paint(grey: &[u8], seed: u64) -> Vec<u8> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let ink: [f32; 3] = std::array::from_fn(|_| rand::Rng::random_range(&mut rng, 0.0..255.0));
-    let background: [f32; 3] = std::array::from_fn(|_| rand::Rng::random_range(&mut rng, 0.0..255.0));
+    let ink: [f32; 3] = std::array::from_fn(|_| rng.random_range(0.0..255.0));
+    let background: [f32; 3] = std::array::from_fn(|_| rng.random_range(0.0..255.0));
     (0..3)
         .flat_map(|c| grey.iter().map(move |&v| (background[c] + (ink[c] - background[c]) * f32::from(v) / 255.0 + 0.5) as u8))
         .collect()
@@ -130,11 +131,12 @@ pub fn synthesise(set: &ImageSet, class_names: &[String], options: &SynthOptions
         let repeat = i / set.len();
         let base = set.ids[row].replace('/', "_");
         let id = if repeat == 0 { base } else { format!("{base}-r{repeat}") };
-        let bytes = if colour && set.channels == 1 {
-            encode(&paint(set.image(row), i as u64), 3, set.height, set.width, size, encoding)?
+        let (pixels, channels) = if colour && set.channels == 1 {
+            (std::borrow::Cow::Owned(paint(set.image(row), i as u64)), 3)
         } else {
-            encode(set.image(row), set.channels, set.height, set.width, size, encoding)?
+            (std::borrow::Cow::Borrowed(set.image(row)), set.channels)
         };
+        let bytes = encode(&pixels, channels, set.height, set.width, size, encoding)?;
         let label = set.labels.as_ref().map(|l| l[row]);
         match layout {
             Layout::ClassFolders | Layout::Flat => {

@@ -220,9 +220,9 @@ pub fn to_channels_last(xs: &Tensor) -> Tensor {
 
 impl ResNetRs {
     /// Stores every conv weight channels-last and makes the forward pass
-    /// convert its input, so the whole trunk runs in that memory order (on
-    /// this project's 2-core CPU, 10-25% faster for resnet-rs-50 training,
-    /// measured in docs/benchmarks.md). Values, names and checkpoints are
+    /// convert its input, so the whole trunk runs in that memory order
+    /// (faster training on this project's CPU, docs/benchmarks.md has the
+    /// figures). Values, names and checkpoints are
     /// unchanged: saving and export read tensors as contiguous NCHW. Call it
     /// before building an optimiser over the variables, and after loading
     /// weights or before: `copy_` keeps the destination's memory order.

@@ -80,9 +80,8 @@ pub struct OptimConfig {
     /// libtorch intra-op threads; 0 = libtorch's default.
     #[serde(default)]
     pub threads: usize,
-    /// Run the trunk in channels-last memory order (same results; on this
-    /// project's CPU 15-30% faster for the small Fashion-MNIST members, see
-    /// docs/benchmarks.md).
+    /// Run the trunk in channels-last memory order (same results, faster
+    /// training on this project's CPU; see docs/benchmarks.md).
     #[serde(default)]
     pub channels_last: bool,
 }

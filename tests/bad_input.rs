@@ -8,7 +8,9 @@ use selftrain_data::schema::model_meta::Preprocess;
 use selftrain_model::{CheckpointMeta, ModelSpec, ResNetRs};
 
 fn spec_with_root(dir: &std::path::Path, root: &str) -> std::path::PathBuf {
-    let real = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data-specs/fashion-mnist.toml")).unwrap();
+    let real =
+        std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("data-specs/fashion-mnist.toml"))
+            .unwrap();
     let path = dir.join("spec.toml");
     std::fs::write(
         &path,
@@ -66,7 +68,10 @@ fn config_and_pipeline_keys_are_checked() {
     let err = selftrain_err(&["train", "--config", s(&config), "--out", s(&d.join("o"))]);
     assert!(err.contains("batch_size") && err.contains("expected usize"), "{err}");
 
-    let real = std::fs::read_to_string(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/fashion-mnist-quick.toml")).unwrap();
+    let real = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/fashion-mnist-quick.toml"),
+    )
+    .unwrap();
     let pipeline = d.join("p.toml");
     std::fs::write(&pipeline, real.replace("rounds = 1", "rounds = \"two\"")).unwrap();
     let err = selftrain_err(&["run", s(&pipeline), "--work", s(&d.join("w"))]);
@@ -76,7 +81,17 @@ fn config_and_pipeline_keys_are_checked() {
     assert!(err.contains("threshhold"), "{err}");
     assert!(!d.join("w/teacher").exists(), "nothing ran");
 
-    let err = selftrain_err(&["label", "--model", "m.onnx", "--spec", s(&spec), "--subset", "unlabelled:ten:0", "--out", "x"]);
+    let err = selftrain_err(&[
+        "label",
+        "--model",
+        "m.onnx",
+        "--spec",
+        s(&spec),
+        "--subset",
+        "unlabelled:ten:0",
+        "--out",
+        "x",
+    ]);
     assert!(err.contains("unlabelled:ten:0"), "{err}");
 }
 
@@ -90,11 +105,13 @@ fn missing_or_damaged_checkpoints_and_models_are_named() {
     assert!(!d.join("m.onnx").exists());
 
     std::fs::write(d.join("junk.safetensors"), b"\x10\x00\x00\x00\x00\x00\x00\x00{\"a\":").unwrap();
-    let err = selftrain_err(&["eval", "--model", s(&d.join("junk.safetensors")), "--spec", s(&spec), "--split", "test"]);
+    let err =
+        selftrain_err(&["eval", "--model", s(&d.join("junk.safetensors")), "--spec", s(&spec), "--split", "test"]);
     assert!(err.contains("junk.safetensors"), "{err}");
 
     std::fs::write(d.join("junk.onnx"), b"not a protobuf at all").unwrap();
-    let err = selftrain_err(&["label", "--model", s(&d.join("junk.onnx")), "--spec", s(&spec), "--out", s(&d.join("s"))]);
+    let err =
+        selftrain_err(&["label", "--model", s(&d.join("junk.onnx")), "--spec", s(&spec), "--out", s(&d.join("s"))]);
     assert!(err.contains("junk.onnx"), "{err}");
     assert!(!d.join("s").join("part-00000-of-00001.parquet").exists());
 }
@@ -115,7 +132,14 @@ fn a_model_with_the_wrong_class_count_is_refused() {
     let meta = CheckpointMeta {
         model: config,
         class_names: (0..5).map(|i| i.to_string()).collect(),
-        preprocess: Preprocess { channels: 1, height: 28, width: 28, mean: vec![0.3], std: vec![0.35], resize: "none".into() },
+        preprocess: Preprocess {
+            channels: 1,
+            height: 28,
+            width: 28,
+            mean: vec![0.3],
+            std: vec![0.35],
+            resize: "none".into(),
+        },
         role: "test".into(),
     };
     let ckpt = d.join("five.safetensors");
@@ -143,8 +167,19 @@ fn interrupted_and_incomplete_shards_are_never_taken_for_finished_ones() {
     std::fs::write(shards.join(".part-00000-of-00003.parquet.tmp-999"), b"PAR1 half").unwrap();
     let label = |index: &str| {
         selftrain(&[
-            "label", "--model", s(&onnx), "--spec", s(&spec), "--subset", "unlabelled:10:0", "--out", s(&shards),
-            "--num-shards", "3", "--shard-index", index,
+            "label",
+            "--model",
+            s(&onnx),
+            "--spec",
+            s(&spec),
+            "--subset",
+            "unlabelled:10:0",
+            "--out",
+            s(&shards),
+            "--num-shards",
+            "3",
+            "--shard-index",
+            index,
         ])
     };
     assert!(label("0").status.success());
@@ -158,20 +193,46 @@ fn interrupted_and_incomplete_shards_are_never_taken_for_finished_ones() {
     std::fs::write(shards.join("part-00001-of-00003.parquet"), &good[..good.len() / 2]).unwrap();
     let out = label("1");
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("part-00001-of-00003.parquet") && err.contains("not a complete"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("part-00001-of-00003.parquet") && err.contains("not a complete"),
+        "{err}"
+    );
     let err = selftrain_err(&["filter", "--shards", s(&shards), "--out", s(&d.join("f.parquet")), "--per-class", "5"]);
     assert!(err.contains("part-00001-of-00003.parquet"), "{err}");
     // --force rewrites it; then the filter runs.
     let out = selftrain(&[
-        "label", "--model", s(&onnx), "--spec", s(&spec), "--subset", "unlabelled:10:0", "--out", s(&shards),
-        "--num-shards", "3", "--shard-index", "1", "--force",
+        "label",
+        "--model",
+        s(&onnx),
+        "--spec",
+        s(&spec),
+        "--subset",
+        "unlabelled:10:0",
+        "--out",
+        s(&shards),
+        "--num-shards",
+        "3",
+        "--shard-index",
+        "1",
+        "--force",
     ]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    selftrain_ok(&["filter", "--shards", s(&shards), "--out", s(&d.join("f.parquet")), "--per-class", "5", "--threshold", "0"]);
+    selftrain_ok(&[
+        "filter",
+        "--shards",
+        s(&shards),
+        "--out",
+        s(&d.join("f.parquet")),
+        "--per-class",
+        "5",
+        "--threshold",
+        "0",
+    ]);
     // A student pointed at missing pseudo-labels writes no checkpoint.
     let student = d.join("student.toml");
     let text = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(&student, format!("{text}\n[pseudo]\nlabels = \"{}\"\n", d.join("absent.parquet").display())).unwrap();
+    std::fs::write(&student, format!("{text}\n[pseudo]\nlabels = \"{}\"\n", d.join("absent.parquet").display()))
+        .unwrap();
     let err = selftrain_err(&["train", "--config", s(&student), "--out", s(&d.join("st")), "--device", "cpu"]);
     assert!(err.contains("absent.parquet"), "{err}");
     assert!(!d.join("st/checkpoint.safetensors").exists());

@@ -64,7 +64,14 @@ fn tiny_onnx(dir: &Path) -> PathBuf {
     let meta = CheckpointMeta {
         model: config,
         class_names: CLASSES.iter().map(|c| c.to_string()).collect(),
-        preprocess: Preprocess { channels: 1, height: 28, width: 28, mean: vec![0.286], std: vec![0.353], resize: "bicubic-centre-crop:1".into() },
+        preprocess: Preprocess {
+            channels: 1,
+            height: 28,
+            width: 28,
+            mean: vec![0.286],
+            std: vec![0.353],
+            resize: "bicubic-centre-crop:1".into(),
+        },
         role: "test".into(),
     };
     let ckpt = dir.join("tiny.safetensors");
@@ -91,9 +98,13 @@ fn plant(folder: &Path, good_jpeg: &[u8]) -> usize {
     bmp.extend_from_slice(&[0u8; 52]);
     std::fs::write(folder.join("old.bmp"), bmp).unwrap();
     // Valid images in other colour types and sizes: all must come out 1x28x28.
-    let rgba = image::DynamicImage::ImageRgba8(image::RgbaImage::from_fn(40, 30, |x, y| image::Rgba([x as u8 * 6, y as u8 * 8, 90, 128])));
+    let rgba = image::DynamicImage::ImageRgba8(image::RgbaImage::from_fn(40, 30, |x, y| {
+        image::Rgba([x as u8 * 6, y as u8 * 8, 90, 128])
+    }));
     std::fs::write(folder.join("rgba.png"), png(rgba)).unwrap();
-    let deep = image::DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(20, 50, |x, y| image::Luma([(x * y * 60) as u16])));
+    let deep = image::DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(20, 50, |x, y| {
+        image::Luma([(x * y * 60) as u16])
+    }));
     std::fs::write(folder.join("deep.png"), png(deep)).unwrap();
     4
 }
@@ -121,10 +132,12 @@ fn shard_ids(dir: &Path) -> Vec<String> {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "parquet") {
-            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(std::fs::File::open(&p).unwrap())
-                .unwrap()
-                .build()
-                .unwrap();
+            let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(
+                std::fs::File::open(&p).unwrap(),
+            )
+            .unwrap()
+            .build()
+            .unwrap();
             for batch in reader {
                 let batch = batch.unwrap();
                 let col = batch.column_by_name("image_id").unwrap().as_string::<i32>().clone();
@@ -170,7 +183,18 @@ fn folder_corpus_with_planted_bad_files_is_labelled_and_evaluated() {
     // Folders are named after the classes, `/` written as `_`.
     let folders = d.join("folders");
     let out = selftrain_ok(&[
-        "data", "synth", "--spec", s(&tiny), "--count", "60", "--size", "36", "--layout", "folder", "--out", s(&folders),
+        "data",
+        "synth",
+        "--spec",
+        s(&tiny),
+        "--count",
+        "60",
+        "--size",
+        "36",
+        "--layout",
+        "folder",
+        "--out",
+        s(&folders),
     ]);
     assert!(out.contains("60 images"), "{out}");
     assert!(folders.join("T-shirt_top").is_dir() && folders.join("Ankle boot").is_dir());
@@ -178,25 +202,47 @@ fn folder_corpus_with_planted_bad_files_is_labelled_and_evaluated() {
     let spec = corpus_spec(d, "folders", "folder", "folders", "", &classes);
 
     let shards = d.join("shards");
-    let out = selftrain_ok(&["label", "--model", s(&onnx), "--spec", s(&spec), "--out", s(&shards), "--num-shards", "3", "--workers", "2"]);
+    let out = selftrain_ok(&[
+        "label",
+        "--model",
+        s(&onnx),
+        "--spec",
+        s(&spec),
+        "--out",
+        s(&shards),
+        "--num-shards",
+        "3",
+        "--workers",
+        "2",
+    ]);
     let ids = shard_ids(&shards);
     assert_eq!(ids.len(), 62, "60 synthesised + 2 odd-but-valid images; stdout:\n{out}");
     let records = skipped_records(&shards);
     assert_eq!(records.len(), bad, "{records:#?}");
     assert_reasons(
         &records,
-        &[("zero.jpg", "zero-byte"), ("half.jpg", "cannot decode"), ("notes.jpg", "not a recognised"), ("old.bmp", "unsupported")],
+        &[
+            ("zero.jpg", "zero-byte"),
+            ("half.jpg", "cannot decode"),
+            ("notes.jpg", "not a recognised"),
+            ("old.bmp", "unsupported"),
+        ],
     );
     for r in &records {
         assert!(r["location"].as_str().unwrap().contains("folders"), "{r}");
     }
-    let total_skipped: usize = out.lines().filter_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" skipped)"))).map(|n| n.parse::<usize>().unwrap()).sum();
+    let total_skipped: usize = out
+        .lines()
+        .filter_map(|l| l.split(", ").find_map(|p| p.strip_suffix(" skipped)")))
+        .map(|n| n.parse::<usize>().unwrap())
+        .sum();
     assert_eq!(total_skipped, bad, "per-shard skipped counts in the summary:\n{out}");
     // Ids are paths relative to the split folder: stable across runs.
     assert!(ids.contains(&format!("{}/rgba.png", classes[3])), "{ids:?}");
 
     // A rerun keeps every shard (same listing, same teacher).
-    let again = selftrain_ok(&["label", "--model", s(&onnx), "--spec", s(&spec), "--out", s(&shards), "--num-shards", "3"]);
+    let again =
+        selftrain_ok(&["label", "--model", s(&onnx), "--spec", s(&spec), "--out", s(&shards), "--num-shards", "3"]);
     assert_eq!(again.matches("already complete").count(), 3, "{again}");
 
     // Evaluation reads the labels from the folders and leaves out the bad files.
@@ -218,7 +264,17 @@ fn folder_corpus_with_planted_bad_files_is_labelled_and_evaluated() {
     assert!(err.contains("no-such-folder") && err.contains("missing"), "{err}");
     std::fs::create_dir(d.join("empty")).unwrap();
     let empty = corpus_spec(d, "empty", "folder", "empty", "", &classes);
-    let err = selftrain_err(&["label", "--model", s(&onnx), "--spec", s(&empty), "--out", s(&d.join("s3")), "--split", "train"]);
+    let err = selftrain_err(&[
+        "label",
+        "--model",
+        s(&onnx),
+        "--spec",
+        s(&empty),
+        "--out",
+        s(&d.join("s3")),
+        "--split",
+        "train",
+    ]);
     assert!(err.contains("empty") && err.contains("class list"), "{err}");
     assert!(!d.join("s3").join("part-00000-of-00001.parquet").exists());
 }
@@ -231,7 +287,20 @@ fn tar_shards_with_a_truncated_shard_and_bad_members() {
     let onnx = tiny_onnx(d);
     let tars = d.join("tars");
     let out = selftrain_ok(&[
-        "data", "synth", "--spec", s(&tiny), "--count", "50", "--size", "28", "--layout", "tar", "--per-shard", "20", "--out", s(&tars),
+        "data",
+        "synth",
+        "--spec",
+        s(&tiny),
+        "--count",
+        "50",
+        "--size",
+        "28",
+        "--layout",
+        "tar",
+        "--per-shard",
+        "20",
+        "--out",
+        s(&tars),
     ]);
     assert!(out.contains("50 images in 3 files"), "{out}");
     let mut names: Vec<PathBuf> = std::fs::read_dir(&tars).unwrap().map(|e| e.unwrap().path()).collect();
@@ -320,7 +389,22 @@ fn parquet_with_image_bytes_and_a_null_row() {
     let d = dir.path();
     let tiny = tiny_fashion_mnist(d, 60, 10);
     let onnx = tiny_onnx(d);
-    selftrain_ok(&["data", "synth", "--spec", s(&tiny), "--count", "12", "--size", "28", "--layout", "tar", "--per-shard", "100", "--out", s(&d.join("t"))]);
+    selftrain_ok(&[
+        "data",
+        "synth",
+        "--spec",
+        s(&tiny),
+        "--count",
+        "12",
+        "--size",
+        "28",
+        "--layout",
+        "tar",
+        "--per-shard",
+        "100",
+        "--out",
+        s(&d.join("t")),
+    ]);
     let tar_path = std::fs::read_dir(d.join("t")).unwrap().next().unwrap().unwrap().path();
     let good = first_jpeg_in_tar(&tar_path);
     std::fs::create_dir(d.join("pq")).unwrap();
@@ -338,12 +422,16 @@ fn parquet_with_image_bytes_and_a_null_row() {
     w.close().unwrap();
     // A damaged second file is recorded, not fatal.
     std::fs::write(d.join("pq/part-1.parquet"), b"PAR1 this is not really parquet").unwrap();
-    let spec = corpus_spec(d, "pq", "parquet", "pq", "[columns]\nimage = \"img\"\nid = \"key\"\nlabel = \"y\"\n", &classes());
+    let spec =
+        corpus_spec(d, "pq", "parquet", "pq", "[columns]\nimage = \"img\"\nid = \"key\"\nlabel = \"y\"\n", &classes());
     let shards = d.join("shards");
     selftrain_ok(&["label", "--model", s(&onnx), "--spec", s(&spec), "--out", s(&shards)]);
     assert_eq!(shard_ids(&shards), vec!["a", "d"]);
     let records = skipped_records(&shards);
-    assert_reasons(&records, &[("b", "null image bytes"), ("c", "not a recognised"), ("e", "cannot decode"), ("part-1/*", "Parquet")]);
+    assert_reasons(
+        &records,
+        &[("b", "null image bytes"), ("c", "not a recognised"), ("e", "cannot decode"), ("part-1/*", "Parquet")],
+    );
     assert_eq!(records.len(), 4, "{records:#?}");
     let out = selftrain_ok(&["eval", "--model", s(&onnx), "--spec", s(&spec), "--split", "train"]);
     assert!(out.contains("/2)") && out.contains("4 image(s) skipped"), "{out}");
@@ -368,7 +456,10 @@ fn every_spec_in_data_specs_parses() {
     names.sort();
     assert!(names.contains(&("imagenet-1k".into(), 1000)), "{names:?}");
     assert!(names.contains(&("fashion-mnist".into(), 10)), "{names:?}");
-    assert!(names.iter().any(|(n, _)| n.contains("tar")) && names.iter().any(|(n, _)| n.contains("folder")), "{names:?}");
+    assert!(
+        names.iter().any(|(n, _)| n.contains("tar")) && names.iter().any(|(n, _)| n.contains("folder")),
+        "{names:?}"
+    );
 }
 
 #[test]
@@ -377,21 +468,34 @@ fn a_teacher_trains_on_a_folder_corpus_with_random_resized_crops() {
     let d = dir.path();
     let tiny = tiny_fashion_mnist(d, 100, 10);
     let folders = d.join("folders");
-    selftrain_ok(&["data", "synth", "--spec", s(&tiny), "--count", "100", "--size", "40", "--layout", "folder", "--out", s(&folders)]);
+    selftrain_ok(&[
+        "data",
+        "synth",
+        "--spec",
+        s(&tiny),
+        "--count",
+        "100",
+        "--size",
+        "40",
+        "--layout",
+        "folder",
+        "--out",
+        s(&folders),
+    ]);
     plant(&folders.join("Bag"), &first_jpeg(&folders));
     let spec = corpus_spec(d, "folders", "folder", "folders", "train_crop = \"random-resized\"\n", &classes());
     let text = std::fs::read_to_string(&spec).unwrap() + "\n[splits.test]\nimages = \"folders\"\n";
     std::fs::write(&spec, text).unwrap();
     // Train at 32 px crops, test (and record in the checkpoint) 36 px.
     let config = tiny_train_config(d, &spec, "workers = 2\n");
-    let text = std::fs::read_to_string(&config).unwrap().replace(
-        "subset = \"labelled:10:0\"",
-        "subset = \"all\"\ntrain_resolution = 32\ntest_resolution = 36",
-    );
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("subset = \"labelled:10:0\"", "subset = \"all\"\ntrain_resolution = 32\ntest_resolution = 36");
     std::fs::write(&config, text).unwrap();
     let out = d.join("teacher");
     selftrain_ok(&["train", "--config", s(&config), "--out", s(&out), "--device", "cpu"]);
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     // Listed: 100 + 6 planted; the 4 bad files are left out of every batch.
     assert_eq!(report["labelled_images"], 106, "{report:#}");
     assert_eq!(report["skipped_images"], 4, "{report:#}");
@@ -406,7 +510,9 @@ fn a_teacher_trains_on_a_folder_corpus_with_random_resized_crops() {
 
     // A resolution on an IDX spec is refused with the key named.
     let idx_config = tiny_train_config(d, &tiny, "");
-    let text = std::fs::read_to_string(&idx_config).unwrap().replace("subset = \"labelled:10:0\"", "subset = \"labelled:10:0\"\ntrain_resolution = 32");
+    let text = std::fs::read_to_string(&idx_config)
+        .unwrap()
+        .replace("subset = \"labelled:10:0\"", "subset = \"labelled:10:0\"\ntrain_resolution = 32");
     std::fs::write(&idx_config, text).unwrap();
     let err = selftrain_err(&["train", "--config", s(&idx_config), "--out", s(&d.join("t2")), "--device", "cpu"]);
     assert!(err.contains("data.train_resolution") && err.contains("Idx"), "{err}");

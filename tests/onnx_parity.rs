@@ -56,7 +56,14 @@ fn meta(config: &selftrain_model::ModelConfig, size: usize) -> CheckpointMeta {
 
 /// Max |tch - onnxruntime| over a random batch; also returns the session's
 /// metadata.
-fn compare(spec: ModelSpec, channels: i64, classes: i64, size: i64, batch: i64, options: &ExportOptions) -> (f64, HashMap<String, String>) {
+fn compare(
+    spec: ModelSpec,
+    channels: i64,
+    classes: i64,
+    size: i64,
+    batch: i64,
+    options: &ExportOptions,
+) -> (f64, HashMap<String, String>) {
     tch::manual_seed(7);
     let config = spec.resolve(channels, classes).unwrap();
     let vs = VarStore::new(Device::Cpu);
@@ -139,7 +146,8 @@ fn fp16_weights_in_an_external_data_file_load_and_stay_close() {
     let env = selftrain_label::init_runtime(None).unwrap();
     let mut session = Session::builder(env).unwrap().commit_from_file(&path).unwrap();
     let input = Vec::<f32>::try_from(x.reshape([-1])).unwrap();
-    let outputs = session.run(ort::inputs!["input" => OrtTensor::from_array(([4usize, 1, 28, 28], input)).unwrap()]).unwrap();
+    let outputs =
+        session.run(ort::inputs!["input" => OrtTensor::from_array(([4usize, 1, 28, 28], input)).unwrap()]).unwrap();
     let (_, got) = outputs[0].try_extract_tensor::<f32>().unwrap();
     let diff = f64::try_from((Tensor::from_slice(got).view([4, 10]) - &want).abs().max()).unwrap();
     let scale = f64::try_from(want.abs().max()).unwrap();

@@ -9,7 +9,9 @@ use std::process::Command;
 use common::*;
 
 fn tiny_pipeline(dir: &Path, spec: &Path) -> std::path::PathBuf {
-    let real = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/fashion-mnist-quick.toml")).unwrap();
+    let real =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("pipelines/fashion-mnist-quick.toml"))
+            .unwrap();
     let text = real
         .replace("name = \"fashion-mnist-quick\"", "name = \"tiny\"")
         .replace("rounds = 1", "rounds = 2")
@@ -21,8 +23,10 @@ fn tiny_pipeline(dir: &Path, spec: &Path) -> std::path::PathBuf {
         .replace("num_shards = 4", "num_shards = 3")
         .replace("per_class = 2000", "per_class = 20");
     // One epoch for every stage, whatever the real pipeline says.
-    let text: String =
-        text.lines().map(|l| if l.starts_with("epochs = ") { "epochs = 1\n".to_string() } else { format!("{l}\n") }).collect();
+    let text: String = text
+        .lines()
+        .map(|l| if l.starts_with("epochs = ") { "epochs = 1\n".to_string() } else { format!("{l}\n") })
+        .collect();
     assert!(text.contains("rounds = 2") && text.contains("per_class = 20"), "pipeline template changed");
     assert_eq!(text.lines().filter(|l| *l == "epochs = 1").count(), 2, "pipeline template changed");
     let path = dir.join("tiny.toml");
@@ -41,7 +45,8 @@ fn two_rounds_summary_cache_and_python_readers() {
     assert!(out.contains("teacher test accuracy: ") && out.contains("student test accuracy: "), "{out}");
     assert!(out.contains("round 2 student"), "{out}");
 
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(work.join("summary.json")).unwrap()).unwrap();
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(work.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["rounds"].as_array().unwrap().len(), 2);
     let round = &summary["rounds"][0];
     assert_eq!(round["pseudo_labelled_images"], 300, "every unlabelled image was labelled and compared");

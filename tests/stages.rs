@@ -26,14 +26,16 @@ fn teacher_export_label_filter_student() {
     assert!(out.contains("test accuracy: "), "{out}");
     let ckpt = d.join("teacher/checkpoint.safetensors");
     assert!(ckpt.is_file() && d.join("teacher/report.json").is_file() && d.join("teacher/config.toml").is_file());
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("teacher/report.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("teacher/report.json")).unwrap()).unwrap();
     assert_eq!(report["labelled_images"], 100);
     assert_eq!(report["test"]["total"], 200);
 
     // Export, and the same accuracy from the ONNX model as from the checkpoint.
     let onnx = d.join("teacher.onnx");
     selftrain_ok(&["export", "--checkpoint", s(&ckpt), "--out", s(&onnx)]);
-    let acc_ckpt = selftrain_ok(&["eval", "--model", s(&ckpt), "--spec", s(&spec), "--split", "test", "--device", "cpu"]);
+    let acc_ckpt =
+        selftrain_ok(&["eval", "--model", s(&ckpt), "--spec", s(&spec), "--split", "test", "--device", "cpu"]);
     let acc_onnx = selftrain_ok(&["eval", "--model", s(&onnx), "--spec", s(&spec), "--split", "test"]);
     assert_eq!(acc_ckpt, acc_onnx);
 
@@ -41,8 +43,21 @@ fn teacher_export_label_filter_student() {
     let shards = d.join("shards");
     for i in ["0", "1"] {
         selftrain_ok(&[
-            "label", "--model", s(&onnx), "--spec", s(&spec), "--subset", "unlabelled:10:0", "--out", s(&shards),
-            "--num-shards", "2", "--shard-index", i, "--topk", "3",
+            "label",
+            "--model",
+            s(&onnx),
+            "--spec",
+            s(&spec),
+            "--subset",
+            "unlabelled:10:0",
+            "--out",
+            s(&shards),
+            "--num-shards",
+            "2",
+            "--shard-index",
+            i,
+            "--topk",
+            "3",
         ]);
     }
     let mut ids = HashSet::new();
@@ -83,8 +98,21 @@ fn teacher_export_label_filter_student() {
 
     // Rerunning a finished shard keeps it.
     let again = selftrain_ok(&[
-        "label", "--model", s(&onnx), "--spec", s(&spec), "--subset", "unlabelled:10:0", "--out", s(&shards),
-        "--num-shards", "2", "--shard-index", "0", "--topk", "3",
+        "label",
+        "--model",
+        s(&onnx),
+        "--spec",
+        s(&spec),
+        "--subset",
+        "unlabelled:10:0",
+        "--out",
+        s(&shards),
+        "--num-shards",
+        "2",
+        "--shard-index",
+        "0",
+        "--topk",
+        "3",
     ]);
     assert!(again.contains("already complete"), "{again}");
 
@@ -101,8 +129,15 @@ fn teacher_export_label_filter_student() {
     let k = 12;
     let filtered = d.join("pseudo.parquet");
     selftrain_ok(&[
-        "filter", "--shards", s(&shards), "--out", s(&filtered), "--threshold", &threshold.to_string(),
-        "--per-class", &k.to_string(),
+        "filter",
+        "--shards",
+        s(&shards),
+        "--out",
+        s(&filtered),
+        "--threshold",
+        &threshold.to_string(),
+        "--per-class",
+        &k.to_string(),
     ]);
     let f = read_frame(&filtered);
     let labels: Vec<i32> = f.column("label").unwrap().i32().unwrap().into_no_null_iter().collect();
@@ -136,13 +171,18 @@ fn teacher_export_label_filter_student() {
     let teacher_text = std::fs::read_to_string(&config).unwrap();
     std::fs::write(
         &student_config,
-        format!("role = \"student\"\n{teacher_text}\n[pseudo]\nlabels = \"{}\"\ntargets = \"hard\"\nratio = 2\n", filtered.display())
-            .replace("epochs = 1", "epochs = 1\naugment = \"randaugment:2:9\""),
+        format!(
+            "role = \"student\"\n{teacher_text}\n[pseudo]\nlabels = \"{}\"\ntargets = \"hard\"\nratio = 2\n",
+            filtered.display()
+        )
+        .replace("epochs = 1", "epochs = 1\naugment = \"randaugment:2:9\""),
     )
     .unwrap();
-    let out = selftrain_ok(&["train", "--config", s(&student_config), "--out", s(&d.join("student")), "--device", "cpu"]);
+    let out =
+        selftrain_ok(&["train", "--config", s(&student_config), "--out", s(&d.join("student")), "--device", "cpu"]);
     assert!(out.contains("test accuracy: "), "{out}");
-    let report: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(d.join("student/report.json")).unwrap()).unwrap();
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(d.join("student/report.json")).unwrap()).unwrap();
     assert_eq!(report["pseudo_labelled_rows"].as_u64().unwrap() as usize, f.height());
     let truth: HashMap<String, i64> = HashMap::new();
     assert!(selftrain_filter::label_accuracy(&f, &truth).unwrap().1 == 0);

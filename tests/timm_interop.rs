@@ -26,11 +26,16 @@ fn spec() -> ModelSpec {
 }
 
 fn fixture_io() -> (Tensor, Tensor) {
-    let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(fixture("tiny-resnetrs.json")).unwrap()).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("tiny-resnetrs.json")).unwrap()).unwrap();
     let shape: Vec<i64> = json["input_shape"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
     let input: Vec<f32> = json["input"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
-    let logits: Vec<f32> =
-        json["logits"].as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32)).collect();
+    let logits: Vec<f32> = json["logits"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32))
+        .collect();
     (Tensor::from_slice(&input).view(shape.as_slice()), Tensor::from_slice(&logits).view([2, 5]))
 }
 
@@ -55,7 +60,14 @@ fn timm_state_dict_loads_and_reproduces_timm_logits() {
     let meta = CheckpointMeta {
         model: config,
         class_names: (0..5).map(|i| i.to_string()).collect(),
-        preprocess: Preprocess { channels: 3, height: 32, width: 32, mean: vec![0.5; 3], std: vec![0.5; 3], resize: "none".into() },
+        preprocess: Preprocess {
+            channels: 3,
+            height: 32,
+            width: 32,
+            mean: vec![0.5; 3],
+            std: vec![0.5; 3],
+            resize: "none".into(),
+        },
         role: "test".into(),
     };
     selftrain_model::checkpoint::save(&vs, &meta, &ours).unwrap();
@@ -85,15 +97,25 @@ fn a_timm_checkpoint_exports_and_evaluates_through_the_cli() {
     let err = selftrain_err(&["export", "--checkpoint", s(&ckpt), "--out", s(&onnx)]);
     assert!(err.contains("tiny-resnetrs.safetensors") && err.contains("architecture"), "{err}");
     selftrain_ok(&[
-        "export", "--checkpoint", s(&ckpt), "--out", s(&onnx), "--model-spec", s(&model_spec), "--num-classes", "5",
-        "--resolution", "32",
+        "export",
+        "--checkpoint",
+        s(&ckpt),
+        "--out",
+        s(&onnx),
+        "--model-spec",
+        s(&model_spec),
+        "--num-classes",
+        "5",
+        "--resolution",
+        "32",
     ]);
     let (x, want) = fixture_io();
     let env = selftrain_label::init_runtime(None).unwrap();
     let mut session = ort::session::Session::builder(env).unwrap().commit_from_file(&onnx).unwrap();
     let input = Vec::<f32>::try_from(x.reshape([-1])).unwrap();
-    let outputs =
-        session.run(ort::inputs!["input" => ort::value::Tensor::from_array(([2usize, 3, 32, 32], input)).unwrap()]).unwrap();
+    let outputs = session
+        .run(ort::inputs!["input" => ort::value::Tensor::from_array(([2usize, 3, 32, 32], input)).unwrap()])
+        .unwrap();
     let (_, got) = outputs[0].try_extract_tensor::<f32>().unwrap();
     let diff = f64::try_from((Tensor::from_slice(got).view([2, 5]) - want).abs().max().to_kind(Kind::Double)).unwrap();
     assert!(diff <= 1e-4, "max abs difference {diff}");

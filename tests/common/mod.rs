@@ -11,7 +11,8 @@ pub const FASHION_MNIST: &str = "/usr/share/datasets/fashion-mnist";
 
 /// Path of the real Fashion-MNIST (as data-specs/fashion-mnist.toml finds it).
 pub fn fashion_mnist_dir() -> PathBuf {
-    let dir = std::env::var_os("SELFTRAIN_FASHION_MNIST_DIR").map(PathBuf::from).unwrap_or_else(|| FASHION_MNIST.into());
+    let dir =
+        std::env::var_os("SELFTRAIN_FASHION_MNIST_DIR").map(PathBuf::from).unwrap_or_else(|| FASHION_MNIST.into());
     assert!(
         dir.join("train-images-idx3-ubyte.gz").is_file(),
         "Fashion-MNIST is missing at {}: run scripts/setup.sh",
@@ -51,7 +52,8 @@ pub fn tiny_fashion_mnist(dir: &Path, train: usize, test: usize) -> PathBuf {
         write_idx_gz(&dir.join(format!("{split}-labels.gz")), &[n as u32], &lab[8..8 + n]);
     }
     let spec = dir.join("spec.toml");
-    let real = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("data-specs/fashion-mnist.toml")).unwrap();
+    let real =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("data-specs/fashion-mnist.toml")).unwrap();
     let text = real
         .replace("name = \"fashion-mnist\"", "name = \"tiny-fashion-mnist\"")
         .replace("root = \"/usr/share/datasets/fashion-mnist\"", "root = \".\"")
@@ -113,7 +115,11 @@ pub fn selftrain_ok(args: &[&str]) -> String {
 /// Runs the binary expecting failure; returns stderr.
 pub fn selftrain_err(args: &[&str]) -> String {
     let out = selftrain(args);
-    assert!(!out.status.success(), "selftrain {args:?} should have failed; stdout:\n{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success(),
+        "selftrain {args:?} should have failed; stdout:\n{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     String::from_utf8_lossy(&out.stderr).into_owned()
 }
 

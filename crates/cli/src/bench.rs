@@ -75,7 +75,8 @@ fn bench_loader(a: &LoaderBenchArgs) -> anyhow::Result<()> {
     let total = a.images.div_ceil(batch) + 1;
     let batches: Vec<Vec<usize>> = (0..total).map(|b| (b * batch..(b + 1) * batch).map(|i| i % n).collect()).collect();
     let normalize = Normalize { mean: spec.mean.clone(), std: spec.std.clone() };
-    let config = LoaderConfig { workers: a.workers.max(1), prefetch: 2 * a.workers.max(1), augment: a.augment, seed: 0 };
+    let config =
+        LoaderConfig { workers: a.workers.max(1), prefetch: 2 * a.workers.max(1), augment: a.augment, seed: 0 };
     let mut loader = Loader::start(samples, batches, normalize, &config);
     let first = loader.next().ok_or_else(|| anyhow::anyhow!("the loader produced nothing"))?;
     let mut failed = first.failed.len();

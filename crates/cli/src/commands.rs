@@ -163,7 +163,8 @@ pub fn label(args: &LabelArgs, bars: &Bars) -> anyhow::Result<()> {
         ort_library: args.ort_library.clone(),
     };
     for o in stages::label(&job, bars)? {
-        let how = if o.reused { "already complete".to_string() } else { format!("{:.0} images/s", o.images_per_second) };
+        let how =
+            if o.reused { "already complete".to_string() } else { format!("{:.0} images/s", o.images_per_second) };
         let skipped = if o.skipped > 0 { format!(", {} skipped", o.skipped) } else { String::new() };
         println!("{}: {} images ({how}{skipped})", show(&o.path), o.rows);
     }
@@ -193,14 +194,21 @@ pub struct FilterArgs {
 }
 
 pub fn filter(args: &FilterArgs) -> anyhow::Result<()> {
-    let config = FilterConfig { threshold: args.threshold, per_class: args.per_class, fill: !args.no_fill, seed: args.seed };
+    let config =
+        FilterConfig { threshold: args.threshold, per_class: args.per_class, fill: !args.no_fill, seed: args.seed };
     let report = stages::filter(&args.shards, &args.out, &config)?;
     println!("{:<20} {:>9} {:>9} {:>7} {:>10} {:>8}", "class", "predicted", "confident", "kept", "duplicates", "min p");
     for c in &report.classes {
         let min = c.min_confidence.map_or("-".to_string(), |p| format!("{p:.3}"));
         println!("{:<20} {:>9} {:>9} {:>7} {:>10} {:>8}", c.class, c.predicted, c.confident, c.kept, c.duplicates, min);
     }
-    println!("wrote {} ({} rows from {} shards, {} input rows)", show(&report.output), report.output_rows, report.shards, report.input_rows);
+    println!(
+        "wrote {} ({} rows from {} shards, {} input rows)",
+        show(&report.output),
+        report.output_rows,
+        report.shards,
+        report.input_rows
+    );
     Ok(())
 }
 
@@ -226,10 +234,13 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
     let corpus = Corpus::new(&args.corpus.spec, &args.corpus.split, args.corpus.subset)?;
     let (all, skipped_listing) = Split::open(&corpus.spec, &corpus.split, &|_| true)?;
     let set = all.select(&corpus.subset.rows_of(all.labels(), all.len())?);
-    let labels = set
-        .labels()
-        .map(<[i64]>::to_vec)
-        .ok_or_else(|| anyhow::anyhow!("evaluation needs labels, but split {:?} of {} has none", corpus.split, show(&corpus.spec.source)))?;
+    let labels = set.labels().map(<[i64]>::to_vec).ok_or_else(|| {
+        anyhow::anyhow!(
+            "evaluation needs labels, but split {:?} of {} has none",
+            corpus.split,
+            show(&corpus.spec.source)
+        )
+    })?;
     let samples = set.into_samples(&corpus.spec, false);
     let (correct, total, skipped) = if args.model.extension().is_some_and(|e| e == "onnx") {
         let mut teacher = Teacher::open(&args.model, 2, &TeacherOverrides::default(), None)?;
@@ -256,7 +267,15 @@ pub fn eval(args: &EvalArgs) -> anyhow::Result<()> {
         }
         let p = &loaded.meta.preprocess;
         let normalize = selftrain_data::loader::Normalize { mean: p.mean.clone(), std: p.std.clone() };
-        let e = selftrain_train::evaluate(&loaded.model, samples, &labels, &normalize, args.batch_size, args.workers, device)?;
+        let e = selftrain_train::evaluate(
+            &loaded.model,
+            samples,
+            &labels,
+            &normalize,
+            args.batch_size,
+            args.workers,
+            device,
+        )?;
         (e.correct, e.total, e.skipped)
     };
     let skipped = skipped + skipped_listing.len();
@@ -314,10 +333,8 @@ pub fn model(command: &ModelCommand) -> anyhow::Result<()> {
     spec.width = args.width;
     spec.small_input = Some(args.small_input);
     let config = spec.resolve(args.channels, args.num_classes)?;
-    let resolution = args
-        .resolution
-        .or_else(|| FAMILY.iter().find(|f| f.0 == args.arch).map(|f| f.4))
-        .context("no resolution")?;
+    let resolution =
+        args.resolution.or_else(|| FAMILY.iter().find(|f| f.0 == args.arch).map(|f| f.4)).context("no resolution")?;
     let s = selftrain_model::summary::summarize(&config, resolution);
     if args.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
@@ -406,7 +423,8 @@ pub fn data(command: &DataCommand) -> anyhow::Result<()> {
             let (all, _) = Split::open(&corpus.spec, &corpus.split, &|_| true)?;
             let set = all.select(&corpus.subset.rows_of(all.labels(), all.len())?);
             let train = a.augment != selftrain_data::augment::Augment::None;
-            let (n, w, h) = preview_grid(set.into_samples(&corpus.spec, train).as_ref(), a.count, a.augment, a.seed, &a.out)?;
+            let (n, w, h) =
+                preview_grid(set.into_samples(&corpus.spec, train).as_ref(), a.count, a.augment, a.seed, &a.out)?;
             println!("wrote {} ({n} images, {w}x{h} px, augment {})", show(&a.out), a.augment);
         }
         DataCommand::Synth(a) => {

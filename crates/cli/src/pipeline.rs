@@ -237,7 +237,9 @@ fn cached<T: Serialize + for<'de> Deserialize<'de>>(
             std::fs::read_to_string(&stamp_path).ok().and_then(|t| serde_json::from_str(&t).ok());
         if let Some(stamp) = stamp {
             if stamp.key == key && outputs.iter().all(|p| p.exists()) {
-                if let Some(result) = std::fs::read_to_string(&result_path).ok().and_then(|t| serde_json::from_str(&t).ok()) {
+                if let Some(result) =
+                    std::fs::read_to_string(&result_path).ok().and_then(|t| serde_json::from_str(&t).ok())
+                {
                     tracing::info!("{name}: up to date in {}, reused", show(dir));
                     return Ok(result);
                 }
@@ -249,7 +251,10 @@ fn cached<T: Serialize + for<'de> Deserialize<'de>>(
     let started = Instant::now();
     let result = body().with_context(|| format!("stage {name}"))?;
     write_json(&result_path, &result)?;
-    write_json(&stamp_path, &StageStamp { key: key.to_string(), outputs: outputs.to_vec(), seconds: started.elapsed().as_secs_f64() })?;
+    write_json(
+        &stamp_path,
+        &StageStamp { key: key.to_string(), outputs: outputs.to_vec(), seconds: started.elapsed().as_secs_f64() },
+    )?;
     Ok(result)
 }
 
@@ -403,7 +408,10 @@ pub fn run(args: &RunArgs, bars: &Bars) -> anyhow::Result<()> {
             pseudo_labelled_images: accuracy.all_total,
             pseudo_label_accuracy_kept: ratio(accuracy.kept_correct, accuracy.kept_total),
             kept_images: accuracy.kept_total,
-            kept_per_class: report.iter().map(|(c, k, d)| ClassKept { class: c.clone(), kept: *k, duplicates: *d }).collect(),
+            kept_per_class: report
+                .iter()
+                .map(|(c, k, d)| ClassKept { class: c.clone(), kept: *k, duplicates: *d })
+                .collect(),
             filtered_rows: report.iter().map(|(_, k, d)| k + d).sum(),
             label_images_per_second: label_rate,
             student: student.clone(),
@@ -412,7 +420,13 @@ pub fn run(args: &RunArgs, bars: &Bars) -> anyhow::Result<()> {
         current_key = student_key;
     }
 
-    let summary = Summary { pipeline: p.pipeline.name.clone(), work: work.clone(), teacher, rounds, seconds: started.elapsed().as_secs_f64() };
+    let summary = Summary {
+        pipeline: p.pipeline.name.clone(),
+        work: work.clone(),
+        teacher,
+        rounds,
+        seconds: started.elapsed().as_secs_f64(),
+    };
     write_json(&work.join("summary.json"), &summary)?;
     print_summary(&summary);
     Ok(())
@@ -430,8 +444,18 @@ fn print_summary(s: &Summary) {
         acc(s.teacher.test_accuracy)
     );
     for r in &s.rounds {
-        println!("{:<34} {:>10} {:>10}", format!("round {} pseudo-labels, all", r.round), r.pseudo_labelled_images, acc(Some(r.pseudo_label_accuracy_all)));
-        println!("{:<34} {:>10} {:>10}", format!("round {} pseudo-labels, kept", r.round), r.kept_images, acc(Some(r.pseudo_label_accuracy_kept)));
+        println!(
+            "{:<34} {:>10} {:>10}",
+            format!("round {} pseudo-labels, all", r.round),
+            r.pseudo_labelled_images,
+            acc(Some(r.pseudo_label_accuracy_all))
+        );
+        println!(
+            "{:<34} {:>10} {:>10}",
+            format!("round {} pseudo-labels, kept", r.round),
+            r.kept_images,
+            acc(Some(r.pseudo_label_accuracy_kept))
+        );
         let per_class: Vec<String> = r.kept_per_class.iter().map(|c| format!("{}={}", c.class, c.kept)).collect();
         println!("{:<34} {}", format!("round {} kept per class", r.round), per_class.join(", "));
         println!(

@@ -7,11 +7,11 @@ use std::path::{Path, PathBuf};
 use anyhow::Context;
 use selftrain_data::atomic::write_atomic;
 use selftrain_data::corpus::Skipped;
+use selftrain_data::schema::model_meta::Preprocess;
 use selftrain_data::subset::shard_of;
 use selftrain_data::{DataSpec, Progress, Split, Subset};
 use selftrain_filter::{FilterConfig, FilterReport};
 use selftrain_label::{LabelConfig, ShardOutcome, Teacher, TeacherOverrides};
-use selftrain_data::schema::model_meta::Preprocess;
 use selftrain_model::config::ModelConfig;
 use selftrain_model::onnx::{ExportOptions, export};
 use selftrain_model::{CheckpointMeta, ModelSpec};
@@ -55,12 +55,8 @@ impl Corpus {
             Split::open(&self.spec, &self.split, keep)?
         } else {
             let (all, skipped) = Split::open(&self.spec, &self.split, &|_| true)?;
-            let rows: Vec<usize> = self
-                .subset
-                .rows_of(all.labels(), all.len())?
-                .into_iter()
-                .filter(|&r| keep(&all.ids()[r]))
-                .collect();
+            let rows: Vec<usize> =
+                self.subset.rows_of(all.labels(), all.len())?.into_iter().filter(|&r| keep(&all.ids()[r])).collect();
             (all.select(&rows), skipped.into_iter().filter(|s| keep(&s.id)).collect())
         };
         let truth = match split.labels() {
@@ -73,7 +69,12 @@ impl Corpus {
 
 /// Trains into `out`: `config.toml` (resolved), `checkpoint.safetensors`,
 /// `report.json`.
-pub fn train(config: &TrainConfig, out: &Path, device: tch::Device, progress: &dyn Progress) -> anyhow::Result<TrainReport> {
+pub fn train(
+    config: &TrainConfig,
+    out: &Path,
+    device: tch::Device,
+    progress: &dyn Progress,
+) -> anyhow::Result<TrainReport> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
     let resolved = toml::to_string_pretty(config)?;
     write_atomic(&out.join("config.toml"), resolved.as_bytes())?;
@@ -115,7 +116,8 @@ impl ForeignCheckpointArgs {
     pub fn fallback(&self, data: Option<&DataSpec>) -> anyhow::Result<Option<CheckpointMeta>> {
         let Some(path) = &self.model_spec else { return Ok(None) };
         let text = std::fs::read_to_string(path).with_context(|| format!("reading model spec {}", path.display()))?;
-        let spec: ModelSpec = toml::from_str(&text).map_err(|e| anyhow::anyhow!("model spec {}: {e}", path.display()))?;
+        let spec: ModelSpec =
+            toml::from_str(&text).map_err(|e| anyhow::anyhow!("model spec {}: {e}", path.display()))?;
         let channels = data.map_or(3, |d| d.channels as i64);
         let model = spec.resolve(channels, self.num_classes)?;
         let (class_names, preprocess) = match data {
@@ -123,7 +125,8 @@ impl ForeignCheckpointArgs {
                 (d.classes.clone(), selftrain_train::trainer::preprocess_of(d))
             }
             _ => {
-                let size = self.resolution.unwrap_or(ModelConfig::resolutions(&spec.arch).map_or(224, |r| r.1) as usize);
+                let size =
+                    self.resolution.unwrap_or(ModelConfig::resolutions(&spec.arch).map_or(224, |r| r.1) as usize);
                 (
                     (0..self.num_classes).map(|i| format!("class-{i}")).collect(),
                     Preprocess {
@@ -210,7 +213,8 @@ pub fn label(job: &LabelJob, progress: &dyn Progress) -> anyhow::Result<Vec<Shar
     }
     // Listing only: the loader's workers decode each shard's images.
     let (split, _, skipped) = job.corpus.open(&|id| shards.contains(&shard_of(id, n)))?;
-    let images = split.resized(teacher.preprocess.height, teacher.preprocess.width).into_samples(&job.corpus.spec, false);
+    let images =
+        split.resized(teacher.preprocess.height, teacher.preprocess.width).into_samples(&job.corpus.spec, false);
     let mut outcomes = Vec::new();
     for index in shards {
         let config = LabelConfig {

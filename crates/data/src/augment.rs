@@ -151,7 +151,9 @@ fn greyscale(img: &ImageMut<'_>) -> Vec<u8> {
     r.iter()
         .zip(g)
         .zip(&b[..n])
-        .map(|((&r, &g), &b)| ((u32::from(r) * 19595 + u32::from(g) * 38470 + u32::from(b) * 7471 + 0x8000) >> 16) as u8)
+        .map(|((&r, &g), &b)| {
+            ((u32::from(r) * 19595 + u32::from(g) * 38470 + u32::from(b) * 7471 + 0x8000) >> 16) as u8
+        })
         .collect()
 }
 
@@ -215,7 +217,8 @@ fn sharpness(img: &mut ImageMut<'_>, factor: f32) {
         // divided by 13 and rounded); the border stays as it is.
         let mut smooth = plane.to_vec();
         for y in 1..h - 1 {
-            let (above, row, below) = (&plane[(y - 1) * w..y * w], &plane[y * w..(y + 1) * w], &plane[(y + 1) * w..(y + 2) * w]);
+            let (above, row, below) =
+                (&plane[(y - 1) * w..y * w], &plane[y * w..(y + 1) * w], &plane[(y + 1) * w..(y + 2) * w]);
             let out = &mut smooth[y * w..(y + 1) * w];
             for x in 1..w - 1 {
                 let column = |r: &[u8]| u32::from(r[x - 1]) + u32::from(r[x]) + u32::from(r[x + 1]);
@@ -357,7 +360,9 @@ impl fmt::Display for Augment {
         match self {
             Augment::None => write!(f, "none"),
             Augment::FlipCrop => write!(f, "flip-crop"),
-            Augment::RandAugment { layers, magnitude, probability: None } => write!(f, "randaugment:{layers}:{magnitude}"),
+            Augment::RandAugment { layers, magnitude, probability: None } => {
+                write!(f, "randaugment:{layers}:{magnitude}")
+            }
             Augment::RandAugment { layers, magnitude, probability: Some(p) } => {
                 write!(f, "randaugment:{layers}:{magnitude}:{p}")
             }
@@ -537,7 +542,9 @@ mod tests {
         let flip_crop_only = |text: &str, seed| {
             let mut p = gradient(3, 8, 8);
             let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
-            text.parse::<Augment>().unwrap().apply(&mut ImageMut { pixels: &mut p, channels: 3, height: 8, width: 8 }, &mut rng);
+            text.parse::<Augment>()
+                .unwrap()
+                .apply(&mut ImageMut { pixels: &mut p, channels: 3, height: 8, width: 8 }, &mut rng);
             p
         };
         for seed in 0..8 {

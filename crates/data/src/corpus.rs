@@ -82,7 +82,12 @@ fn list_folder(spec: &DataSpec, root: &Path, labelled: bool) -> Result<Vec<Liste
     if !labelled {
         return Ok(sorted_files(root)?
             .into_iter()
-            .map(|p| Listed { id: relative_id(root, &p), location: p.display().to_string(), label: None, bytes: Ok(Source::File(p)) })
+            .map(|p| Listed {
+                id: relative_id(root, &p),
+                location: p.display().to_string(),
+                label: None,
+                bytes: Ok(Source::File(p)),
+            })
             .collect());
     }
     let classes = class_index(spec);
@@ -108,7 +113,12 @@ fn list_folder(spec: &DataSpec, root: &Path, labelled: bool) -> Result<Vec<Liste
     for folder in folders {
         let label = classes[folder.as_str()];
         for p in sorted_files(&root.join(&folder))? {
-            out.push(Listed { id: relative_id(root, &p), location: p.display().to_string(), label: Some(label), bytes: Ok(Source::File(p)) });
+            out.push(Listed {
+                id: relative_id(root, &p),
+                location: p.display().to_string(),
+                label: Some(label),
+                bytes: Ok(Source::File(p)),
+            });
         }
     }
     Ok(out)
@@ -133,7 +143,12 @@ fn label_from_member(ext: &str, bytes: &[u8]) -> Option<i64> {
     }
 }
 
-fn list_tar(path: &Path, labelled: bool, keep: &dyn Fn(&str) -> bool, skipped: &mut Vec<Skipped>) -> Result<Vec<Listed>, DataError> {
+fn list_tar(
+    path: &Path,
+    labelled: bool,
+    keep: &dyn Fn(&str) -> bool,
+    skipped: &mut Vec<Skipped>,
+) -> Result<Vec<Listed>, DataError> {
     let mut out = Vec::new();
     for shard in files_with_extension(path, "tar")? {
         let stem = shard.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
@@ -183,7 +198,10 @@ fn list_tar(path: &Path, labelled: bool, keep: &dyn Fn(&str) -> bool, skipped: &
                     slot.0 = format!("{}:{member}", shard.display());
                     let (offset, size) = (entry.raw_file_position(), entry.size());
                     slot.1 = if offset + size > file_len {
-                        Err(format!("tar member truncated: header says {size} bytes, the file ends {} bytes early", offset + size - file_len))
+                        Err(format!(
+                            "tar member truncated: header says {size} bytes, the file ends {} bytes early",
+                            offset + size - file_len
+                        ))
                     } else {
                         Ok(Source::Range { file: shard_path.clone(), offset, size })
                     };
@@ -231,7 +249,9 @@ fn list_parquet(
         let file = std::fs::File::open(&file_path).map_err(|e| DataError::io(&file_path, e))?;
         // A damaged file is recorded and passed over: one bad file among
         // thousands must not stop a long job. Wrong columns are spec errors.
-        let reader = match parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file).and_then(|b| b.build()) {
+        let reader = match parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(file)
+            .and_then(|b| b.build())
+        {
             Ok(r) => r,
             Err(e) => {
                 skipped.push(Skipped {
@@ -259,7 +279,10 @@ fn list_parquet(
                 .column_by_name(&cols.image)
                 .ok_or_else(|| bad(format!("no image column {:?} (spec key `columns.image`)", cols.image)))?
                 .clone();
-            if !matches!(images.data_type(), DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::Struct(_)) {
+            if !matches!(
+                images.data_type(),
+                DataType::Binary | DataType::LargeBinary | DataType::BinaryView | DataType::Struct(_)
+            ) {
                 return Err(bad(format!("column {:?} holds {}, expected image bytes", cols.image, images.data_type())));
             }
             let labels = match (&cols.label, labelled) {
@@ -270,9 +293,9 @@ fn list_parquet(
                 _ => None,
             };
             let ids = match &cols.id {
-                Some(name) => Some(
-                    batch.column_by_name(name).ok_or_else(|| bad(format!("no id column {name:?}")))?.clone(),
-                ),
+                Some(name) => {
+                    Some(batch.column_by_name(name).ok_or_else(|| bad(format!("no id column {name:?}")))?.clone())
+                }
                 None => None,
             };
             for row in 0..batch.num_rows() {
@@ -281,10 +304,9 @@ fn list_parquet(
                         DataType::Utf8 => col.as_string::<i32>().value(row).to_string(),
                         DataType::LargeUtf8 => col.as_string::<i64>().value(row).to_string(),
                         DataType::Utf8View => col.as_string_view().value(row).to_string(),
-                        _ => arrow_cast_i64(col).and_then(|v| v.get(row).copied().flatten()).map_or_else(
-                            || format!("{stem}/{}", row_base + row),
-                            |v| v.to_string(),
-                        ),
+                        _ => arrow_cast_i64(col)
+                            .and_then(|v| v.get(row).copied().flatten())
+                            .map_or_else(|| format!("{stem}/{}", row_base + row), |v| v.to_string()),
                     },
                     _ => format!("{stem}/{}", row_base + row),
                 };
@@ -311,14 +333,23 @@ fn arrow_cast_i64(col: &ArrayRef) -> Option<Vec<Option<i64>>> {
             col.as_primitive_opt::<$t>().map(|a| a.iter().map(|v| v.map(|x| x as i64)).collect())
         };
     }
-    ints!(Int64Type).or_else(|| ints!(Int32Type)).or_else(|| ints!(Int16Type)).or_else(|| ints!(UInt8Type)).or_else(|| ints!(UInt32Type))
+    ints!(Int64Type)
+        .or_else(|| ints!(Int32Type))
+        .or_else(|| ints!(Int16Type))
+        .or_else(|| ints!(UInt8Type))
+        .or_else(|| ints!(UInt32Type))
 }
 
 /// Lists a corpus split, keeping the samples whose id `keep` accepts.
 /// Samples that cannot be used whatever their pixels (no image bytes, no or
 /// a bad label in a labelled split, a damaged archive) are returned as
 /// skipped; decoding problems surface later, row by row.
-pub fn list(spec: &DataSpec, split: &str, files: &SplitFiles, keep: &dyn Fn(&str) -> bool) -> Result<(EncodedCorpus, Vec<Skipped>), DataError> {
+pub fn list(
+    spec: &DataSpec,
+    split: &str,
+    files: &SplitFiles,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<(EncodedCorpus, Vec<Skipped>), DataError> {
     let root = spec.file_or_dir(&files.images)?;
     let mut skipped = Vec::new();
     let wants_labels = files.labelled.unwrap_or(true);
@@ -329,9 +360,10 @@ pub fn list(spec: &DataSpec, split: &str, files: &SplitFiles, keep: &dyn Fn(&str
             (all.into_iter().filter(|l| keep(&l.id)).collect(), n)
         }
         Format::Tar => (list_tar(&root, wants_labels, keep, &mut skipped)?, files_with_extension(&root, "tar")?.len()),
-        Format::Parquet => {
-            (list_parquet(spec, &root, wants_labels, keep, &mut skipped)?, files_with_extension(&root, "parquet")?.len())
-        }
+        Format::Parquet => (
+            list_parquet(spec, &root, wants_labels, keep, &mut skipped)?,
+            files_with_extension(&root, "parquet")?.len(),
+        ),
         Format::Idx => unreachable!("IDX is read by ImageSet::load_split"),
     };
     if stored == 0 {
@@ -404,7 +436,12 @@ pub fn list(spec: &DataSpec, split: &str, files: &SplitFiles, keep: &dyn Fn(&str
 /// Lists, selects (by id) and decodes a corpus split into memory at the
 /// spec's size (centre crop). Unusable images are returned in the skipped
 /// list, not as errors.
-pub fn load(spec: &DataSpec, split: &str, files: &SplitFiles, keep: &dyn Fn(&str) -> bool) -> Result<(ImageSet, Vec<Skipped>), DataError> {
+pub fn load(
+    spec: &DataSpec,
+    split: &str,
+    files: &SplitFiles,
+    keep: &dyn Fn(&str) -> bool,
+) -> Result<(ImageSet, Vec<Skipped>), DataError> {
     let (corpus, mut skipped) = list(spec, split, files, keep)?;
     let (set, bad) = corpus.decode_all();
     skipped.extend(bad);

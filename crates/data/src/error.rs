@@ -12,9 +12,7 @@ pub enum DataError {
     },
     #[error("data spec {path}: {message}")]
     Spec { path: PathBuf, message: String },
-    #[error(
-        "data set file {path} is missing ({hint})"
-    )]
+    #[error("data set file {path} is missing ({hint})")]
     Missing { path: PathBuf, hint: String },
     #[error("{path}: not a valid IDX file: {message}")]
     Idx { path: PathBuf, message: String },

@@ -43,10 +43,7 @@ pub fn parse_idx(path: &Path, bytes: &[u8]) -> Result<IdxArray, DataError> {
         return Err(idx_error(path, "expected the magic number to start with two zero bytes"));
     }
     if bytes[2] != 0x08 {
-        return Err(idx_error(
-            path,
-            format!("expected data type 0x08 (unsigned byte), found 0x{:02x}", bytes[2]),
-        ));
+        return Err(idx_error(path, format!("expected data type 0x08 (unsigned byte), found 0x{:02x}", bytes[2])));
     }
     let ndim = bytes[3] as usize;
     if ndim == 0 {

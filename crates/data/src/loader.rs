@@ -10,9 +10,9 @@
 //! the number of workers.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, sync_channel};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::SeedableRng;
@@ -89,7 +89,12 @@ pub struct Loader {
 
 impl Loader {
     /// Starts workers preparing `batches` (lists of rows of `set`).
-    pub fn start(set: Arc<dyn Samples>, batches: Vec<Vec<usize>>, normalize: Normalize, config: &LoaderConfig) -> Loader {
+    pub fn start(
+        set: Arc<dyn Samples>,
+        batches: Vec<Vec<usize>>,
+        normalize: Normalize,
+        config: &LoaderConfig,
+    ) -> Loader {
         let total = batches.len();
         let (sender, receiver) = sync_channel(config.prefetch.max(1));
         let batches = Arc::new(batches);
@@ -118,7 +123,14 @@ impl Loader {
 }
 
 /// Prepares one batch: decode or copy, crop, augment, normalise.
-pub fn prepare(set: &dyn Samples, rows: &[usize], normalize: &Normalize, augment: Augment, seed: u64, index: usize) -> Batch {
+pub fn prepare(
+    set: &dyn Samples,
+    rows: &[usize],
+    normalize: &Normalize,
+    augment: Augment,
+    seed: u64,
+    index: usize,
+) -> Batch {
     let [channels, height, width] = set.shape();
     let size = channels * height * width;
     let mut pixels = vec![0f32; rows.len() * size];

@@ -77,7 +77,11 @@ impl Samples for ImageSet {
 pub enum Source {
     File(PathBuf),
     /// `size` bytes at `offset` of an uncompressed tar file.
-    Range { file: Arc<PathBuf>, offset: u64, size: u64 },
+    Range {
+        file: Arc<PathBuf>,
+        offset: u64,
+        size: u64,
+    },
     Bytes(Arc<Vec<u8>>),
 }
 
@@ -383,7 +387,8 @@ pub fn decode(bytes: &[u8]) -> Result<DynamicImage, String> {
     if bytes.is_empty() {
         return Err("empty (zero-byte) file".into());
     }
-    let format = image::guess_format(bytes).map_err(|_| "not a recognised image format (expected JPEG or PNG)".to_string())?;
+    let format =
+        image::guess_format(bytes).map_err(|_| "not a recognised image format (expected JPEG or PNG)".to_string())?;
     if !matches!(format, image::ImageFormat::Jpeg | image::ImageFormat::Png) {
         return Err(format!("unsupported image format {format:?} (expected JPEG or PNG)"));
     }
@@ -451,7 +456,14 @@ fn window(w: u32, h: u32, out_w: usize, out_h: usize, crop: Crop, rng: &mut ChaC
 }
 
 /// Crops and resizes a decoded image to `channels` x `height` x `width`, CHW.
-pub fn crop_to(img: DynamicImage, channels: usize, height: usize, width: usize, crop: Crop, rng: &mut ChaCha8Rng) -> Vec<u8> {
+pub fn crop_to(
+    img: DynamicImage,
+    channels: usize,
+    height: usize,
+    width: usize,
+    crop: Crop,
+    rng: &mut ChaCha8Rng,
+) -> Vec<u8> {
     // Convert first: 16-bit, RGBA and CMYK-derived images all become 8-bit
     // grey or RGB before any resampling (no copy when already so). A grey
     // image stays one plane even when RGB is asked for: its RGB form is the
@@ -459,8 +471,11 @@ pub fn crop_to(img: DynamicImage, channels: usize, height: usize, width: usize, 
     // at the end gives the same pixels for a third of the work.
     let (iw, ih) = (img.width(), img.height());
     let grey = channels == 1 || !img.color().has_color();
-    let (pixel, raw, bytes_per_pixel) =
-        if grey { (PixelType::U8, img.into_luma8().into_raw(), 1) } else { (PixelType::U8x3, img.into_rgb8().into_raw(), 3) };
+    let (pixel, raw, bytes_per_pixel) = if grey {
+        (PixelType::U8, img.into_luma8().into_raw(), 1)
+    } else {
+        (PixelType::U8x3, img.into_rgb8().into_raw(), 3)
+    };
     let (x, y, cw, ch) = window(iw, ih, width, height, crop, rng);
     let (ow, oh) = (width as u32, height as u32);
     let interleaved = if (x, y, cw, ch, iw, ih) == (0, 0, ow, oh, ow, oh) {
@@ -481,7 +496,9 @@ pub fn crop_to(img: DynamicImage, channels: usize, height: usize, width: usize, 
         let options = fir::ResizeOptions::new()
             .resize_alg(fir::ResizeAlg::Convolution(fir::FilterType::CatmullRom))
             .crop(f64::from(x), f64::from(y), f64::from(cw), f64::from(ch));
-        RESIZER.with(|r| r.borrow_mut().resize(&src, &mut dst, &options)).expect("same pixel type, crop inside the image");
+        RESIZER
+            .with(|r| r.borrow_mut().resize(&src, &mut dst, &options))
+            .expect("same pixel type, crop inside the image");
         dst.into_vec()
     };
     match (channels, bytes_per_pixel) {
@@ -543,10 +560,18 @@ mod tests {
         let g = DynamicImage::ImageLuma8(image::GrayImage::from_fn(9, 7, |x, y| image::Luma([(x * 30 + y * 7) as u8])));
         for (h, w) in [(7, 7), (4, 5)] {
             let direct = crop_to(g.clone(), 3, h, w, Crop::Centre { fraction: 1.0 }, &mut rng);
-            let via_rgb = crop_to(DynamicImage::ImageRgb8(g.to_rgb8()), 3, h, w, Crop::Centre { fraction: 1.0 }, &mut rng);
+            let via_rgb =
+                crop_to(DynamicImage::ImageRgb8(g.to_rgb8()), 3, h, w, Crop::Centre { fraction: 1.0 }, &mut rng);
             assert_eq!(direct, via_rgb, "{h}x{w}");
         }
-        let grey = crop_to(DynamicImage::ImageLuma8(image::GrayImage::from_fn(4, 6, |_, y| image::Luma([y as u8]))), 1, 4, 4, Crop::Centre { fraction: 1.0 }, &mut rng);
+        let grey = crop_to(
+            DynamicImage::ImageLuma8(image::GrayImage::from_fn(4, 6, |_, y| image::Luma([y as u8]))),
+            1,
+            4,
+            4,
+            Crop::Centre { fraction: 1.0 },
+            &mut rng,
+        );
         assert_eq!(grey, (1..5).flat_map(|y| [y; 4]).collect::<Vec<u8>>());
     }
 
@@ -572,7 +597,8 @@ mod tests {
     #[test]
     fn every_colour_type_comes_out_with_the_requested_channels() {
         let mut rng = ChaCha8Rng::seed_from_u64(0);
-        let grey16 = DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(8, 8, |x, _| image::Luma([(x * 8000) as u16])));
+        let grey16 =
+            DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(8, 8, |x, _| image::Luma([(x * 8000) as u16])));
         let rgba = DynamicImage::ImageRgba8(image::RgbaImage::from_fn(8, 8, |_, _| image::Rgba([200, 10, 10, 0])));
         for img in [grey16, rgba, rgb(8, 8)] {
             for c in [1, 3] {
@@ -581,7 +607,9 @@ mod tests {
             }
         }
         // 16-bit grey is scaled to 8 bits, not truncated.
-        let g = DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(2, 1, |x, _| image::Luma([[0u16, 65535][x as usize]])));
+        let g = DynamicImage::ImageLuma16(image::ImageBuffer::from_fn(2, 1, |x, _| {
+            image::Luma([[0u16, 65535][x as usize]])
+        }));
         assert_eq!(crop_to(g, 1, 1, 2, Crop::Centre { fraction: 1.0 }, &mut rng), vec![0, 255]);
     }
 

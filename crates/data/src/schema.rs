@@ -77,10 +77,7 @@ impl ShardMeta {
             (META_SCHEMA_VERSION.into(), SCHEMA_VERSION.into()),
             (META_TEACHER.into(), self.teacher.clone()),
             (META_TEACHER_SHA256.into(), self.teacher_sha256.clone()),
-            (
-                META_CLASS_NAMES.into(),
-                serde_json::to_string(&self.class_names).unwrap_or_else(|_| "[]".into()),
-            ),
+            (META_CLASS_NAMES.into(), serde_json::to_string(&self.class_names).unwrap_or_else(|_| "[]".into())),
             (META_CORPUS.into(), self.corpus.clone()),
             (META_SHARD_INDEX.into(), self.shard_index.to_string()),
             (META_NUM_SHARDS.into(), self.num_shards.to_string()),

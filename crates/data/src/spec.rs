@@ -126,10 +126,8 @@ impl DataSpec {
     /// Reads and validates a spec file.
     pub fn load(path: &Path) -> Result<Self, DataError> {
         let text = std::fs::read_to_string(path).map_err(|e| DataError::io(path, e))?;
-        let mut spec: DataSpec = toml::from_str(&text).map_err(|e| DataError::Spec {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let mut spec: DataSpec =
+            toml::from_str(&text).map_err(|e| DataError::Spec { path: path.to_path_buf(), message: e.to_string() })?;
         spec.source = path.to_path_buf();
         spec.validate()?;
         Ok(spec)
@@ -141,10 +139,7 @@ impl DataSpec {
 
     fn validate(&self) -> Result<(), DataError> {
         if self.channels != 1 && self.channels != 3 {
-            return Err(self.spec_error(format!(
-                "key `channels`: expected 1 or 3, found {}",
-                self.channels
-            )));
+            return Err(self.spec_error(format!("key `channels`: expected 1 or 3, found {}", self.channels)));
         }
         if self.height == 0 || self.width == 0 {
             return Err(self.spec_error("keys `height`/`width`: expected positive sizes"));
@@ -162,10 +157,8 @@ impl DataSpec {
             return Err(self.spec_error("key `std`: expected positive values"));
         }
         if !(self.crop_fraction > 0.0 && self.crop_fraction <= 1.0) {
-            return Err(self.spec_error(format!(
-                "key `crop_fraction`: expected a value in (0, 1], found {}",
-                self.crop_fraction
-            )));
+            return Err(self
+                .spec_error(format!("key `crop_fraction`: expected a value in (0, 1], found {}", self.crop_fraction)));
         }
         if self.format == Format::Idx && self.train_crop == TrainCrop::RandomResized {
             return Err(self.spec_error(
@@ -203,10 +196,7 @@ impl DataSpec {
     pub fn split(&self, name: &str) -> Result<&SplitFiles, DataError> {
         self.splits.get(name).ok_or_else(|| {
             let known: Vec<&str> = self.splits.keys().map(String::as_str).collect();
-            self.spec_error(format!(
-                "no split named {name:?}; the spec has: {}",
-                known.join(", ")
-            ))
+            self.spec_error(format!("no split named {name:?}; the spec has: {}", known.join(", ")))
         })
     }
 

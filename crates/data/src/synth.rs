@@ -79,9 +79,20 @@ fn to_dynamic(pixels: &[u8], channels: usize, height: usize, width: usize) -> Dy
 }
 
 /// Encodes a CHW image at `size` x `size` pixels (bicubic).
-pub fn encode(pixels: &[u8], channels: usize, height: usize, width: usize, size: u32, encoding: Encoding) -> Result<Vec<u8>, DataError> {
+pub fn encode(
+    pixels: &[u8],
+    channels: usize,
+    height: usize,
+    width: usize,
+    size: u32,
+    encoding: Encoding,
+) -> Result<Vec<u8>, DataError> {
     let img = to_dynamic(pixels, channels, height, width);
-    let img = if (img.width(), img.height()) == (size, size) { img } else { img.resize_exact(size, size, FilterType::CatmullRom) };
+    let img = if (img.width(), img.height()) == (size, size) {
+        img
+    } else {
+        img.resize_exact(size, size, FilterType::CatmullRom)
+    };
     let mut out = Cursor::new(Vec::new());
     match encoding {
         Encoding::Png => img.write_to(&mut out, ImageFormat::Png),
@@ -101,13 +112,20 @@ fn paint(grey: &[u8], seed: u64) -> Vec<u8> {
     let ink: [f32; 3] = std::array::from_fn(|_| rng.random_range(0.0..255.0));
     let background: [f32; 3] = std::array::from_fn(|_| rng.random_range(0.0..255.0));
     (0..3)
-        .flat_map(|c| grey.iter().map(move |&v| (background[c] + (ink[c] - background[c]) * f32::from(v) / 255.0 + 0.5) as u8))
+        .flat_map(|c| {
+            grey.iter().map(move |&v| (background[c] + (ink[c] - background[c]) * f32::from(v) / 255.0 + 0.5) as u8)
+        })
         .collect()
 }
 
 /// Writes `options.count` images drawn cyclically from `set` (a repeat gets
 /// a `-rN` suffix on its id) under `out`.
-pub fn synthesise(set: &ImageSet, class_names: &[String], options: &SynthOptions, out: &Path) -> Result<SynthReport, DataError> {
+pub fn synthesise(
+    set: &ImageSet,
+    class_names: &[String],
+    options: &SynthOptions,
+    out: &Path,
+) -> Result<SynthReport, DataError> {
     let SynthOptions { count, size, encoding, layout, colour } = *options;
     if set.is_empty() {
         return Err(DataError::Invalid("no source images to synthesise from".into()));
@@ -179,7 +197,13 @@ pub fn synthesise(set: &ImageSet, class_names: &[String], options: &SynthOptions
 
 /// A PNG grid of the first `count` images of `set` after `augment` (seeded
 /// as the trainer seeds a batch), each tile scaled up to at least 64 px.
-pub fn preview_grid(set: &dyn Samples, count: usize, augment: Augment, seed: u64, out: &Path) -> Result<(usize, u32, u32), DataError> {
+pub fn preview_grid(
+    set: &dyn Samples,
+    count: usize,
+    augment: Augment,
+    seed: u64,
+    out: &Path,
+) -> Result<(usize, u32, u32), DataError> {
     let n = count.min(set.len());
     if n == 0 {
         return Err(DataError::Invalid("no images to preview".into()));
@@ -204,14 +228,22 @@ pub fn preview_grid(set: &dyn Samples, count: usize, augment: Augment, seed: u64
         if set.fill(row, &mut rng, &mut scratch).is_err() {
             continue;
         }
-        augment.apply_with(&mut ImageMut { pixels: &mut scratch, channels, height, width }, &mut rng, !set.random_crops());
+        augment.apply_with(
+            &mut ImageMut { pixels: &mut scratch, channels, height, width },
+            &mut rng,
+            !set.random_crops(),
+        );
         let k = shown;
         shown += 1;
         let (x0, y0) = ((k % cols) * (tile_w + gap) + gap, (k / cols) * (tile_h + gap) + gap);
         for y in 0..tile_h {
             for x in 0..tile_w {
                 let i = (y / scale) * width + x / scale;
-                let px = if channels == 1 { [scratch[i]; 3] } else { [scratch[i], scratch[plane + i], scratch[2 * plane + i]] };
+                let px = if channels == 1 {
+                    [scratch[i]; 3]
+                } else {
+                    [scratch[i], scratch[plane + i], scratch[2 * plane + i]]
+                };
                 canvas.put_pixel((x0 + x) as u32, (y0 + y) as u32, image::Rgb(px));
             }
         }

@@ -13,5 +13,7 @@ mod filter;
 mod shards;
 
 pub use error::FilterError;
-pub use filter::{ClassStats, FilterConfig, FilterReport, PseudoAccuracy, filter_shards, label_accuracy, pseudo_label_accuracy};
+pub use filter::{
+    ClassStats, FilterConfig, FilterReport, PseudoAccuracy, filter_shards, label_accuracy, pseudo_label_accuracy,
+};
 pub use shards::{Shards, read_shards};

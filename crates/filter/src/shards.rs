@@ -47,10 +47,7 @@ fn read_one(path: &Path) -> Result<(ShardMeta, DataFrame), FilterError> {
         }
     }
     if frame.height() != meta.num_rows {
-        return Err(file_error(
-            path,
-            format!("has {} rows, its metadata says {}", frame.height(), meta.num_rows),
-        ));
+        return Err(file_error(path, format!("has {} rows, its metadata says {}", frame.height(), meta.num_rows)));
     }
     Ok((meta, frame))
 }
@@ -79,7 +76,11 @@ pub fn read_shards(dir: &Path) -> Result<Shards, FilterError> {
     if !missing.is_empty() {
         return Err(file_error(
             dir,
-            format!("{} of {total} shards missing (unfinished labelling tasks?): {}", missing.len(), missing.join(", ")),
+            format!(
+                "{} of {total} shards missing (unfinished labelling tasks?): {}",
+                missing.len(),
+                missing.join(", ")
+            ),
         ));
     }
     let mut files = Vec::new();
@@ -90,14 +91,22 @@ pub fn read_shards(dir: &Path) -> Result<Shards, FilterError> {
         if meta.shard_index != index || meta.num_shards != total {
             return Err(file_error(
                 &path,
-                format!("metadata says shard {} of {}, the name says {index} of {total}", meta.shard_index, meta.num_shards),
+                format!(
+                    "metadata says shard {} of {}, the name says {index} of {total}",
+                    meta.shard_index, meta.num_shards
+                ),
             ));
         }
         if let Some(f) = &first {
-            if (f.teacher_sha256.as_str(), f.corpus.as_str(), &f.class_names) != (meta.teacher_sha256.as_str(), meta.corpus.as_str(), &meta.class_names) {
+            if (f.teacher_sha256.as_str(), f.corpus.as_str(), &f.class_names)
+                != (meta.teacher_sha256.as_str(), meta.corpus.as_str(), &meta.class_names)
+            {
                 return Err(file_error(
                     &path,
-                    format!("comes from teacher {} on corpus {}, shard 0 from teacher {} on corpus {}", meta.teacher, meta.corpus, f.teacher, f.corpus),
+                    format!(
+                        "comes from teacher {} on corpus {}, shard 0 from teacher {} on corpus {}",
+                        meta.teacher, meta.corpus, f.teacher, f.corpus
+                    ),
                 ));
             }
         } else {

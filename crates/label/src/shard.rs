@@ -14,9 +14,9 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use selftrain_data::atomic::AtomicFile;
+use selftrain_data::corpus::Skipped;
 use selftrain_data::loader::{Loader, LoaderConfig, Normalize};
 use selftrain_data::schema::{self, ShardMeta};
-use selftrain_data::corpus::Skipped;
 use selftrain_data::subset::shard_of;
 use selftrain_data::{Progress, Samples};
 
@@ -118,10 +118,7 @@ pub fn label_shard(
     if [c, h, w] != [p.channels, p.height, p.width] {
         return Err(LabelError::Teacher {
             path: teacher.path.clone(),
-            message: format!(
-                "expects {}x{}x{} images, the corpus has {c}x{h}x{w}",
-                p.channels, p.height, p.width
-            ),
+            message: format!("expects {}x{}x{} images, the corpus has {c}x{h}x{w}", p.channels, p.height, p.width),
         });
     }
     let topk = config.topk.clamp(1, teacher.class_names.len());
@@ -145,8 +142,11 @@ pub fn label_shard(
             // The same job: same teacher, corpus, shard, and the same number
             // of listed samples (rows written plus rows skipped).
             Ok(existing)
-                if ShardMeta { num_rows: existing.num_rows + existing.skipped_rows, skipped_rows: 0, ..existing.clone() }
-                    == meta =>
+                if ShardMeta {
+                    num_rows: existing.num_rows + existing.skipped_rows,
+                    skipped_rows: 0,
+                    ..existing.clone()
+                } == meta =>
             {
                 progress.finish(&format!("{} already complete, kept", path.display()));
                 return Ok(ShardOutcome {
@@ -192,14 +192,20 @@ pub fn label_shard(
         ))
         .build();
     let out = AtomicFile::create(&path)?;
-    let write_error = |e: parquet::errors::ParquetError| LabelError::Shard { path: path.clone(), message: e.to_string() };
+    let write_error =
+        |e: parquet::errors::ParquetError| LabelError::Shard { path: path.clone(), message: e.to_string() };
     let arrow_schema = shard_schema();
-    let mut writer = ArrowWriter::try_new(out.try_clone()?, arrow_schema.clone(), Some(properties)).map_err(write_error)?;
+    let mut writer =
+        ArrowWriter::try_new(out.try_clone()?, arrow_schema.clone(), Some(properties)).map_err(write_error)?;
 
     let batches: Vec<Vec<usize>> = rows.chunks(config.batch_size.max(1)).map(<[usize]>::to_vec).collect();
     let normalize = Normalize { mean: p.mean.clone(), std: p.std.clone() };
-    let loader_config =
-        LoaderConfig { workers: config.workers.max(1), prefetch: 4, augment: selftrain_data::augment::Augment::None, seed: 0 };
+    let loader_config = LoaderConfig {
+        workers: config.workers.max(1),
+        prefetch: 4,
+        augment: selftrain_data::augment::Augment::None,
+        seed: 0,
+    };
     let mut loader = Loader::start(corpus.clone(), batches, normalize, &loader_config);
     let k = teacher.class_names.len();
     progress.begin(&format!("label shard {}/{}", config.shard_index, config.num_shards), rows.len() as u64);
@@ -208,7 +214,11 @@ pub fn label_shard(
     for batch in loader.by_ref() {
         inference_started.get_or_insert_with(Instant::now);
         for (row, reason) in &batch.failed {
-            skipped.push(Skipped { id: corpus.id(*row).to_string(), location: corpus.location(*row), reason: reason.clone() });
+            skipped.push(Skipped {
+                id: corpus.id(*row).to_string(),
+                location: corpus.location(*row),
+                reason: reason.clone(),
+            });
         }
         progress.advance(batch.failed.len() as u64);
         let n = batch.rows.len();

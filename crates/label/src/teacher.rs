@@ -102,13 +102,16 @@ impl Teacher {
             (None, Some(json)) => serde_json::from_str(&json)
                 .map_err(|e| fail(format!("metadata {:?} is not a JSON list of names: {e}", keys::ONNX_CLASS_NAMES)))?,
             (None, None) => {
-                return Err(fail("has no class names in its metadata; give them (for example from a data spec)".into()));
+                return Err(fail(
+                    "has no class names in its metadata; give them (for example from a data spec)".into(),
+                ));
             }
         };
         let preprocess = match (&overrides.preprocess, custom(keys::ONNX_PREPROCESS)) {
             (Some(given), _) => given.clone(),
-            (None, Some(json)) => serde_json::from_str(&json)
-                .map_err(|e| fail(format!("metadata {:?} is not a valid preprocessing description: {e}", keys::ONNX_PREPROCESS)))?,
+            (None, Some(json)) => serde_json::from_str(&json).map_err(|e| {
+                fail(format!("metadata {:?} is not a valid preprocessing description: {e}", keys::ONNX_PREPROCESS))
+            })?,
             (None, None) => {
                 return Err(fail("has no preprocessing in its metadata; give mean, std and size".into()));
             }
@@ -181,7 +184,8 @@ impl Teacher {
         }
         let mut values = values.to_vec();
         let is_distribution = |v: &[f32]| {
-            v.chunks(k).all(|row| row.iter().all(|x| (0.0..=1.0).contains(x)) && (row.iter().sum::<f32>() - 1.0).abs() < 1e-3)
+            v.chunks(k)
+                .all(|row| row.iter().all(|x| (0.0..=1.0).contains(x)) && (row.iter().sum::<f32>() - 1.0).abs() < 1e-3)
         };
         let softmax = match self.output_kind.as_deref() {
             Some("probabilities") => false,

@@ -101,7 +101,11 @@ fn encode(tensors: &BTreeMap<String, StoredTensor>, metadata: &[(&str, &str)]) -
     header.insert("__metadata__".into(), serde_json::Value::Object(meta));
     let mut offset = 0;
     for (name, t) in tensors {
-        let entry = HeaderEntry { dtype: t.dtype.clone(), shape: t.shape.clone(), data_offsets: [offset, offset + t.data.len()] };
+        let entry = HeaderEntry {
+            dtype: t.dtype.clone(),
+            shape: t.shape.clone(),
+            data_offsets: [offset, offset + t.data.len()],
+        };
         header.insert(name.clone(), serde_json::to_value(entry).expect("header entry serialises"));
         offset += t.data.len();
     }
@@ -128,7 +132,10 @@ impl Checkpoint {
         }
         let head_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
         let Some(head) = bytes.get(8..8usize.saturating_add(head_len)) else {
-            return Err(ck_error(path, format!("header of {head_len} bytes runs past the end of the file (truncated?)")));
+            return Err(ck_error(
+                path,
+                format!("header of {head_len} bytes runs past the end of the file (truncated?)"),
+            ));
         };
         let header: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(head)
             .map_err(|e| ck_error(path, format!("header is not valid safetensors JSON: {e}")))?;
@@ -148,12 +155,18 @@ impl Checkpoint {
                 .map_err(|e| ck_error(path, format!("tensor {name:?}: bad header entry: {e}")))?;
             let [start, end] = entry.data_offsets;
             let Some(data) = body.get(start..end) else {
-                return Err(ck_error(path, format!("tensor {name:?}: bytes {start}..{end} run past the end of the file (truncated?)")));
+                return Err(ck_error(
+                    path,
+                    format!("tensor {name:?}: bytes {start}..{end} run past the end of the file (truncated?)"),
+                ));
             };
             if let Some((_, size)) = kind_of(&entry.dtype) {
                 let count: i64 = entry.shape.iter().product();
                 if count as usize * size != data.len() {
-                    return Err(ck_error(path, format!("tensor {name:?}: shape {:?} does not match {} bytes", entry.shape, data.len())));
+                    return Err(ck_error(
+                        path,
+                        format!("tensor {name:?}: shape {:?} does not match {} bytes", entry.shape, data.len()),
+                    ));
                 }
             }
             tensors.insert(name, StoredTensor { dtype: entry.dtype, shape: entry.shape, data: data.to_vec() });
@@ -207,11 +220,7 @@ impl Checkpoint {
             };
             return Err(ck_error(
                 &self.path,
-                format!(
-                    "does not fit the model: missing [{}], unexpected [{}]",
-                    list(&missing),
-                    list(&unexpected)
-                ),
+                format!("does not fit the model: missing [{}], unexpected [{}]", list(&missing), list(&unexpected)),
             ));
         }
         Ok(())
@@ -236,7 +245,14 @@ mod tests {
         CheckpointMeta {
             model: tiny(),
             class_names: vec!["a".into(), "b".into(), "c".into()],
-            preprocess: Preprocess { channels: 1, height: 8, width: 8, mean: vec![0.5], std: vec![0.5], resize: "none".into() },
+            preprocess: Preprocess {
+                channels: 1,
+                height: 8,
+                width: 8,
+                mean: vec![0.5],
+                std: vec![0.5],
+                resize: "none".into(),
+            },
             role: "test".into(),
         }
     }

@@ -38,7 +38,11 @@ pub fn load_model(path: &Path, device: tch::Device) -> Result<LoadedModel, Model
 /// Like [`load_model`], for checkpoints that may carry no selftrain metadata
 /// (timm's `safetensors.torch.save_file(model.state_dict())`): `fallback`
 /// then says what the model is. A checkpoint's own metadata wins.
-pub fn load_model_with(path: &Path, device: tch::Device, fallback: Option<&CheckpointMeta>) -> Result<LoadedModel, ModelError> {
+pub fn load_model_with(
+    path: &Path,
+    device: tch::Device,
+    fallback: Option<&CheckpointMeta>,
+) -> Result<LoadedModel, ModelError> {
     let ck = Checkpoint::read(path)?;
     let meta = match (&ck.meta, fallback) {
         (Some(meta), _) => meta.clone(),

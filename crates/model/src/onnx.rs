@@ -358,11 +358,13 @@ pub fn export(
     path: &Path,
 ) -> Result<(), ModelError> {
     let mut proto = build(model, meta, source_sha256, options)?;
-    let fail = |e: selftrain_data::DataError| ModelError::Checkpoint { path: path.to_path_buf(), message: e.to_string() };
+    let fail =
+        |e: selftrain_data::DataError| ModelError::Checkpoint { path: path.to_path_buf(), message: e.to_string() };
     let graph = proto.graph.as_mut().expect("built with a graph");
     let weight_bytes: usize = graph.initializer.iter().map(|t| t.raw_data.len()).sum();
     if options.external_data == ExternalData::Always || weight_bytes > EXTERNAL_DATA_THRESHOLD {
-        let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.onnx".into());
+        let file_name =
+            path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "model.onnx".into());
         let data_name = format!("{file_name}.data");
         let mut data = Vec::with_capacity(weight_bytes);
         for t in &mut graph.initializer {

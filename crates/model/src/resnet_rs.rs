@@ -153,7 +153,11 @@ impl Bottleneck {
         let downsample = (stride != 1 || cin != cout).then(|| {
             let d = p / "downsample";
             // Index 0 is the (parameter-free) pool, as in timm's Sequential.
-            Downsample { pool: stride != 1, conv: Conv::new(&d, "1", cin, cout, 1, 1, false), bn: BatchNorm::new(&d, "2", cout, false) }
+            Downsample {
+                pool: stride != 1,
+                conv: Conv::new(&d, "1", cin, cout, 1, 1, false),
+                bn: BatchNorm::new(&d, "2", cout, false),
+            }
         });
         let se = p / "se";
         Bottleneck {
@@ -228,7 +232,9 @@ impl ResNetRs {
     /// weights or before: `copy_` keeps the destination's memory order.
     pub fn use_channels_last(&mut self) {
         let convs = self.stem.iter_mut().map(|(c, _)| c).chain(self.layers.iter_mut().flatten().flat_map(|b| {
-            [&mut b.conv1, &mut b.conv2, &mut b.conv3, &mut b.se.fc1, &mut b.se.fc2].into_iter().chain(b.downsample.as_mut().map(|d| &mut d.conv))
+            [&mut b.conv1, &mut b.conv2, &mut b.conv3, &mut b.se.fc1, &mut b.se.fc2]
+                .into_iter()
+                .chain(b.downsample.as_mut().map(|d| &mut d.conv))
         }));
         for conv in convs {
             let reordered = tch::no_grad(|| to_channels_last(&conv.weight));
@@ -246,10 +252,7 @@ impl ResNetRs {
             (Conv::new(&c1, "0", config.in_channels, s0, 3, first_stride, false), BatchNorm::new(&c1, "1", s0, false)),
             (Conv::new(&c1, "3", s0, s1, 3, 1, false), BatchNorm::new(&c1, "4", s1, false)),
             (Conv::new(&c1, "6", s1, s2, 3, 1, false), BatchNorm::new(p, "bn1", s2, false)),
-            (
-                Conv::new(&(p / "maxpool"), "0", s2, s2, 3, 2, false),
-                BatchNorm::new(&(p / "maxpool"), "1", s2, false),
-            ),
+            (Conv::new(&(p / "maxpool"), "0", s2, s2, 3, 2, false), BatchNorm::new(&(p / "maxpool"), "1", s2, false)),
         ];
         let mut cin = s2;
         let mut layers = Vec::new();
@@ -310,9 +313,16 @@ mod tests {
         let out = model.forward_t(&Tensor::zeros([2, 1, 28, 28], (Kind::Float, tch::Device::Cpu)), false);
         assert_eq!(out.size(), vec![2, 10]);
         let vars = vs.variables();
-        for key in ["conv1.0.weight", "conv1.4.running_var", "bn1.bias", "maxpool.0.weight", "layer1.0.se.fc1.bias",
-            "layer2.0.downsample.1.weight", "layer4.0.bn3.weight", "fc.weight"]
-        {
+        for key in [
+            "conv1.0.weight",
+            "conv1.4.running_var",
+            "bn1.bias",
+            "maxpool.0.weight",
+            "layer1.0.se.fc1.bias",
+            "layer2.0.downsample.1.weight",
+            "layer4.0.bn3.weight",
+            "fc.weight",
+        ] {
             assert!(vars.contains_key(key), "missing {key}");
         }
         // Zero-initialised last BN scale.

@@ -38,7 +38,8 @@ pub fn evaluate(
     let mut total_by_class = vec![0usize; k];
     let rows: Vec<usize> = (0..set.len()).collect();
     let batches: Vec<Vec<usize>> = rows.chunks(batch_size.max(1)).map(<[usize]>::to_vec).collect();
-    let config = LoaderConfig { workers: workers.max(1), prefetch: 2 * workers.max(1), augment: Augment::None, seed: 0 };
+    let config =
+        LoaderConfig { workers: workers.max(1), prefetch: 2 * workers.max(1), augment: Augment::None, seed: 0 };
     let mut skipped = 0;
     tch::no_grad(|| -> Result<(), TrainError> {
         for batch in Loader::start(set.clone(), batches, normalize.clone(), &config) {
@@ -48,7 +49,9 @@ pub fn evaluate(
             }
             let [n, c, h, w] = batch.shape.map(|d| d as i64);
             let x = Tensor::from_slice(&batch.pixels).view([n, c, h, w]).to_device(device);
-            let predicted = Vec::<i64>::try_from(model.forward_t(&x, false).argmax(1, false).to_kind(Kind::Int64).to_device(Device::Cpu))?;
+            let predicted = Vec::<i64>::try_from(
+                model.forward_t(&x, false).argmax(1, false).to_kind(Kind::Int64).to_device(Device::Cpu),
+            )?;
             for (&row, &p) in batch.rows.iter().zip(&predicted) {
                 let truth = labels[row] as usize;
                 total_by_class[truth] += 1;

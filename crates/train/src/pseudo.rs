@@ -45,9 +45,9 @@ pub fn read_pseudo_labels(path: &Path) -> Result<PseudoLabels, TrainError> {
         .key_value_metadata()
         .map(|kv| kv.iter().filter_map(|e| Some((e.key.clone(), e.value.clone()?))).collect())
         .unwrap_or_default();
-    let names = pairs
-        .get(schema::META_CLASS_NAMES)
-        .ok_or_else(|| fail(format!("missing metadata key {:?}; not a selftrain filter output?", schema::META_CLASS_NAMES)))?;
+    let names = pairs.get(schema::META_CLASS_NAMES).ok_or_else(|| {
+        fail(format!("missing metadata key {:?}; not a selftrain filter output?", schema::META_CLASS_NAMES))
+    })?;
     let class_names: Vec<String> =
         serde_json::from_str(names).map_err(|e| fail(format!("metadata {:?}: {e}", schema::META_CLASS_NAMES)))?;
     let reader = builder.build().map_err(|e| fail(e.to_string()))?;
@@ -74,8 +74,10 @@ pub fn read_pseudo_labels(path: &Path) -> Result<PseudoLabels, TrainError> {
             out.labels.push(labels.value(row));
             let c = classes.value(row);
             let p = probs.value(row);
-            let c = c.as_primitive_opt::<Int32Type>().ok_or_else(|| fail("topk_classes items: expected int32".into()))?;
-            let p = p.as_primitive_opt::<Float32Type>().ok_or_else(|| fail("topk_probs items: expected float32".into()))?;
+            let c =
+                c.as_primitive_opt::<Int32Type>().ok_or_else(|| fail("topk_classes items: expected int32".into()))?;
+            let p =
+                p.as_primitive_opt::<Float32Type>().ok_or_else(|| fail("topk_probs items: expected float32".into()))?;
             if c.len() != p.len() || c.is_empty() {
                 return Err(fail(format!("row {}: top-k classes and probabilities differ in length", out.ids.len())));
             }

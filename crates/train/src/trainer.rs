@@ -9,8 +9,8 @@ use rand::SeedableRng;
 use rand::seq::SliceRandom;
 use rand_chacha::ChaCha8Rng;
 use selftrain_data::loader::{Loader, LoaderConfig, Normalize};
-use selftrain_data::schema::model_meta::Preprocess;
 use selftrain_data::samples::Concat;
+use selftrain_data::schema::model_meta::Preprocess;
 use selftrain_data::{DataSpec, Progress, Samples, Split};
 use selftrain_model::resnet_rs::NO_DECAY_GROUP;
 use selftrain_model::{CheckpointMeta, ResNetRs, checkpoint};
@@ -116,7 +116,12 @@ fn update_ema(ema: &HashMap<String, Tensor>, live: &HashMap<String, Tensor>, dec
 }
 
 /// Trains a model as `config` says and writes `out_dir/checkpoint.safetensors`.
-pub fn train(config: &TrainConfig, out_dir: &Path, device: Device, progress: &dyn Progress) -> Result<TrainReport, TrainError> {
+pub fn train(
+    config: &TrainConfig,
+    out_dir: &Path,
+    device: Device,
+    progress: &dyn Progress,
+) -> Result<TrainReport, TrainError> {
     let started = Instant::now();
     let o = &config.optim;
     if o.threads > 0 {
@@ -153,10 +158,7 @@ pub fn train(config: &TrainConfig, out_dir: &Path, device: Device, progress: &dy
         if pseudo.class_names != spec.classes {
             return Err(TrainError::Pseudo {
                 path: p.labels.clone(),
-                message: format!(
-                    "class names {:?} differ from the data spec's {:?}",
-                    pseudo.class_names, spec.classes
-                ),
+                message: format!("class names {:?} differ from the data spec's {:?}", pseudo.class_names, spec.classes),
             });
         }
         let source = if p.split == config.data.train_split {
@@ -245,7 +247,11 @@ pub fn train(config: &TrainConfig, out_dir: &Path, device: Device, progress: &dy
         let mut batches = Vec::with_capacity(steps_per_epoch);
         for s in 0..steps_per_epoch {
             let mut rows = Vec::with_capacity(labelled_per_step + pseudo_per_step);
-            let want = if pseudo_rows > 0 { labelled_per_step } else { labelled_per_step.min(labelled_count - s * labelled_per_step) };
+            let want = if pseudo_rows > 0 {
+                labelled_per_step
+            } else {
+                labelled_per_step.min(labelled_count - s * labelled_per_step)
+            };
             for _ in 0..want {
                 if labelled_cursor == labelled_count {
                     labelled_order.shuffle(&mut rng);
@@ -298,7 +304,8 @@ pub fn train(config: &TrainConfig, out_dir: &Path, device: Device, progress: &dy
             // autocast (no dtype choice), so bf16 needs a binding of
             // at::autocast's dtype setter, and a GPU to check it on.
             let logits = model.forward_t(&x, true);
-            let loss = -(logits.log_softmax(-1, Kind::Float) * &t).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float);
+            let loss =
+                -(logits.log_softmax(-1, Kind::Float) * &t).sum_dim_intlist(1, false, Kind::Float).mean(Kind::Float);
             opt.backward_step(&loss);
             if o.ema_decay > 0.0 {
                 update_ema(&ema_vars, &live_vars, o.ema_decay, step);
